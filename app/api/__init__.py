@@ -1,0 +1,1 @@
+"""HTTP routes; each module one group of endpoints."""

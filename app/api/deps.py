@@ -1,0 +1,45 @@
+"""Resources opened in the lifespan, reached by routes through ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.dispatch.base import Dispatcher
+from app.errors import Unauthorized
+from app.registry.loader import Registry
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+def require_api_key(request: Request) -> None:
+    """Accept ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` when keys are set."""
+    keys: frozenset[str] = request.app.state.api_keys
+    if not keys:
+        return
+    auth = request.headers.get("authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+    if token not in keys:
+        raise Unauthorized(
+            "missing or unknown API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+        )

@@ -1,0 +1,57 @@
+"""POST /v1/models/{name}/energy: E(x, y) for a batch of pairs, optionally with dE/dy."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.api.responses import json_response
+from app.api.tensors import pair_inputs
+from app.inference.scoring import ScoreJob
+from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
+
+router = APIRouter(prefix="/v1/models", tags=["scoring"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": what}
+    for code, what in {
+        400: "Body is not valid JSON.",
+        404: "Unknown model or version.",
+        413: "Too many rows in one request.",
+        422: "Wrong shape, dtype, NaN/Inf, missing or unknown field.",
+        429: "Queue full; retry after Retry-After seconds.",
+        503: "Model unavailable or server shutting down.",
+        504: "Deadline passed before the result was ready.",
+    }.items()
+}
+
+
+@router.post(
+    "/{name}/energy",
+    response_model=EnergyResponse,
+    responses=_ERRORS,
+    summary="Energies of (x, y) pairs; low means compatible.",
+)
+async def energy(
+    name: str,
+    body: EnergyRequest,
+    registry: RegistryDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+) -> Response:
+    model = registry.get(name, body.version)
+    inputs = pair_inputs(
+        model.manifest,
+        {"x": body.x, "y": body.y, "z": body.z},
+        model.manifest.batching.max_rows_per_request,
+    )
+    timeout_ms = body.deadline_ms or settings.request_timeout_ms
+    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+    result = await dispatcher.score(model, ScoreJob(inputs), body.grad, deadline)
+    response: dict[str, Any] = {"model": name, "version": model.version, "energy": result.energy}
+    for input_name, grad in result.grads.items():
+        response[f"grad_{input_name}"] = grad
+    return json_response(response)

@@ -1,0 +1,37 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import DispatcherDep, RegistryDep
+from app.api.responses import json_response
+from app.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers.")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness: at least one model serves and the dispatcher takes work.",
+    responses={503: {"model": Health, "description": "Not ready; detail says why."}},
+)
+async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> Response:
+    dispatch_ok, dispatch_detail = dispatcher.ready()
+    served = {name: sorted(versions) for name, versions in registry.models.items()}
+    unavailable = [
+        {"name": u.name, "version": u.version, "reason": u.reason} for u in registry.unavailable
+    ]
+    ready = dispatch_ok and bool(served)
+    detail = {"models": served, "unavailable": unavailable, "dispatcher": dispatch_detail}
+    if not served:
+        detail["reason"] = "no model is available"
+    return json_response(
+        {"status": "ready" if ready else "not ready", "detail": detail}, 200 if ready else 503
+    )

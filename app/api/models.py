@@ -1,0 +1,68 @@
+"""Model discovery: what is served, its specs, defaults and card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import RegistryDep, SettingsDep
+from app.api.responses import json_response
+from app.dispatch.local import batching_limits
+from app.schemas import ErrorResponse, ModelList
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _summary(registry: RegistryDep, name: str) -> dict[str, Any]:
+    versions = registry.versions(name)
+    latest = versions[max(versions)] if versions else None
+    return {
+        "name": name,
+        "available": bool(versions),
+        "versions": sorted(versions),
+        "latest": latest.version if latest else None,
+        "unavailable": [
+            {"version": u.version, "reason": u.reason} for u in registry.problems(name)
+        ],
+        "backend": latest.backend.name if latest else None,
+        "task": latest.manifest.card.task if latest else None,
+    }
+
+
+@router.get("", response_model=ModelList, summary="List every model, available or not.")
+async def list_models(registry: RegistryDep) -> Response:
+    return json_response({"models": [_summary(registry, n) for n in registry.names()]})
+
+
+@router.get(
+    "/{name}",
+    summary="A model's metadata: versions, x/y/z specs, bounds, defaults, card, metrics.",
+    responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def get_model(
+    name: str,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    version: int | None = Query(None, ge=1, description="Default: the newest version."),
+) -> Response:
+    model = registry.get(name, version)
+    manifest = model.manifest
+    max_rows, max_delay_s = batching_limits(model, settings)
+    body = _summary(registry, name) | {
+        "version": manifest.version,
+        "description": manifest.description,
+        "inputs": manifest.input_names,
+        "x": manifest.x.model_dump(exclude_none=True) if manifest.x else None,
+        "y": manifest.y.model_dump(exclude_none=True),
+        "z": manifest.z.model_dump(exclude_none=True) if manifest.z else None,
+        "inference": manifest.inference.model_dump(),
+        "batching": manifest.batching.model_dump()
+        | {"effective_max_batch_size": max_rows, "effective_max_delay_ms": max_delay_s * 1000},
+        "card": manifest.card.model_dump(),
+        "metrics": manifest.metrics,
+        "training": manifest.training.model_dump(),
+        "backend": model.backend.name,
+        "parity": model.parity,
+    }
+    return json_response(body)

@@ -1,0 +1,93 @@
+"""Turn request lists into float32 batches, checked against the model's manifest.
+
+Every refusal says what was wrong and what is allowed, e.g.
+``y has shape [3, 5]; model 'car' expects [N, 2]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from app.errors import InvalidInput, PayloadTooLarge
+from app.registry.backends.base import Array
+from app.registry.manifest import Manifest, TensorSpec
+
+
+def _expected(spec: TensorSpec) -> str:
+    return "[" + ", ".join(["N", *map(str, spec.shape)]) + "]"
+
+
+def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
+    """``data`` as a float32 array ``[N, *spec.shape]`` of finite numbers, N >= 1."""
+    expected = _expected(spec)
+    try:
+        # No dtype here: numpy would happily turn the string "1.5" into a number.
+        array = np.array(data)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"{name} is ragged: rows must all have the same length; "
+            f"model '{model}' expects {expected}"
+        ) from None
+    if array.size == 0 or array.ndim == 0:
+        raise InvalidInput(f"{name} is empty; model '{model}' expects {expected} with N >= 1")
+    if array.dtype.kind not in "iuf":
+        got = {"b": "booleans", "U": "strings", "S": "strings", "O": "nulls or mixed types"}
+        raise InvalidInput(
+            f"{name} must contain only numbers, got {got.get(array.dtype.kind, array.dtype.name)}"
+        )
+    if tuple(array.shape[1:]) != tuple(spec.shape):
+        shape = "[" + ", ".join(map(str, array.shape)) + "]"
+        raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
+    batch = array.astype(np.float32, copy=False)
+    if not np.isfinite(batch).all():
+        bad_row = int(np.argwhere(~np.isfinite(batch.reshape(len(batch), -1)))[0][0])
+        raise InvalidInput(
+            f"{name} row {bad_row} holds NaN, Infinity or a value beyond float32 range; "
+            "only finite numbers are allowed"
+        )
+    if spec.kind == "discrete":
+        _check_labels(name, batch, spec)
+    return batch
+
+
+def _check_labels(name: str, batch: Array, spec: TensorSpec) -> None:
+    assert spec.num_classes is not None
+    if not ((batch == np.round(batch)) & (batch >= 0) & (batch < spec.num_classes)).all():
+        raise InvalidInput(
+            f"{name} is a discrete label: values must be integers 0..{spec.num_classes - 1}"
+        )
+
+
+def pair_inputs(
+    manifest: Manifest,
+    given: dict[str, Any],
+    max_rows: int,
+) -> dict[str, Array]:
+    """Check presence, shapes, row counts and limits of x/y/z; returns the float32 batches."""
+    model = manifest.name
+    required = manifest.input_names
+    for name in ("x", "z"):
+        if given.get(name) is not None and name not in required:
+            what = "unconditional: omit x" if name == "x" else "has no latent variable: omit z"
+            raise InvalidInput(f"model '{model}' is {what}")
+    missing = [n for n in required if given.get(n) is None]
+    if missing:
+        raise InvalidInput(f"model '{model}' needs {', '.join(missing)}; it takes {required}")
+    rows = {n: _row_count(given[n]) for n in required}
+    largest = max(rows.values())
+    if largest > max_rows:
+        raise PayloadTooLarge(
+            f"request has {largest} rows; model '{model}' accepts at most {max_rows} per request"
+        )
+    batches = {n: to_batch(n, given[n], manifest.spec(n), model) for n in required}
+    counts = {n: len(b) for n, b in batches.items()}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{n} has {c}" for n, c in counts.items())
+        raise InvalidInput(f"inputs must pair row by row, but {detail} rows")
+    return batches
+
+
+def _row_count(data: Any) -> int:
+    return len(data) if isinstance(data, list) else 0

@@ -1,0 +1,113 @@
+"""The ``ebm`` command: serve, train, loadtest."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.config import get_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = get_settings()
+    if settings.redis_url:
+        print(
+            "EBM_REDIS_URL is set, but the Redis dispatcher is not part of this build; "
+            "unset it to serve in embedded mode",
+            file=sys.stderr,
+        )
+        return 2
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        loop=loop,
+        http=http,
+        log_level=settings.log_level,
+        access_log=args.access_log,
+    )
+    return 0
+
+
+def recipe_names(models_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in models_dir.glob("*/train.py"))
+
+
+def load_recipe(models_dir: Path, name: str) -> Callable[..., dict[str, Any]]:
+    """The ``train`` function of ``models/<name>/train.py`` (repository code, not served)."""
+    path = models_dir / name / "train.py"
+    if not path.is_file():
+        known = ", ".join(recipe_names(models_dir)) or "none"
+        raise SystemExit(f"no recipe {path}; recipes: {known}")
+    spec = importlib.util.spec_from_file_location(f"ebm_recipe_{name.replace('-', '_')}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    train: Callable[..., dict[str, Any]] = module.train
+    return train
+
+
+def _train(args: argparse.Namespace) -> int:
+    models_dir = Path(args.models_dir or get_settings().models_dir)
+    names = recipe_names(models_dir) if args.all else [args.name]
+    if not names or names == [None]:
+        print("name a model or pass --all", file=sys.stderr)
+        return 2
+    for name in names:
+        started = time.monotonic()
+        metrics = load_recipe(models_dir, name)(models_dir, smoke=args.smoke)
+        print(f"{name}: trained in {time.monotonic() - started:.1f} s; metrics {metrics}")
+    return 0
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from app.client.loadtest import main as loadtest_main
+
+    return loadtest_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ebm", description="Serve energy-based models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the model repository over HTTP")
+    serve.add_argument("--host", default=None, help="bind address (default EBM_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="port (default EBM_PORT)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=_serve)
+
+    train = sub.add_parser("train", help="train a model with its recipe and publish it")
+    train.add_argument("name", nargs="?", help="model name (folder under the models dir)")
+    train.add_argument("--all", action="store_true", help="retrain every recipe")
+    train.add_argument("--models-dir", default=None, help="default EBM_MODELS_DIR")
+    train.add_argument("--smoke", action="store_true", help="a few steps only (tests)")
+    train.set_defaults(func=_train)
+
+    loadtest = sub.add_parser(
+        "loadtest", help="HTTP load generator (see `ebm loadtest -- --help`)", add_help=False
+    )
+    loadtest.add_argument("rest", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(func=_loadtest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Client-side tools for exercising the HTTP service."""

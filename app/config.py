@@ -1,0 +1,83 @@
+"""All settings of the service, read from the environment (prefix ``EBM_``) in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendChoice(StrEnum):
+    ONNX = "onnx"
+    TORCH = "torch"
+    AUTO = "auto"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    """Every field is settable as ``EBM_<FIELD>``; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="EBM_", extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="Root of the model repository.")
+    backend: BackendChoice = Field(
+        BackendChoice.AUTO,
+        description="Inference backend: onnx, torch, or auto (onnx when onnxruntime is "
+        "installed and the artifact exists, else torch).",
+    )
+    host: str = Field("127.0.0.1", description="Bind address of `ebm serve`.")
+    port: int = Field(8000, ge=0, le=65535, description="Port of `ebm serve`.")
+    redis_url: str | None = Field(
+        None, description="Redis URL; unset means embedded mode (in-process batcher)."
+    )
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Max rows per backend call, overriding every manifest; 1 turns batching off.",
+    )
+    max_delay_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Max time a job waits for more jobs to join its batch once other jobs "
+        "are queued behind a running batch; overrides every manifest.",
+    )
+    max_queue: int = Field(
+        256, ge=1, description="Jobs waiting per model and operation before new ones get 429."
+    )
+    request_timeout_ms: float = Field(
+        30_000, gt=0, description="Default deadline of a request; 504 when it passes."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    compute_threads: int = Field(
+        1, ge=1, description="Threads that run backend calls (batches run one at a time each)."
+    )
+    intra_op_threads: int = Field(
+        1, ge=0, description="Threads inside one backend call (onnxruntime/torch); 0 = library."
+    )
+    parity_rtol: float = Field(
+        1e-4, gt=0, description="Relative tolerance of the load-time parity probe."
+    )
+    api_keys: str | None = Field(
+        None, description="Comma-separated accepted API keys; unset disables authentication."
+    )
+    log_format: LogFormat = Field(LogFormat.TEXT, description="Log format: text or json.")
+    log_level: str = Field("info", description="Log level of the service.")
+
+    def api_key_set(self) -> frozenset[str]:
+        if not self.api_keys:
+            return frozenset()
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

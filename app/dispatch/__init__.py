@@ -1,0 +1,1 @@
+"""Getting jobs to a backend: in-process (embedded) or through Redis, via one batcher."""

@@ -1,0 +1,207 @@
+"""Dynamic batching: coalesce concurrent jobs into one backend call, split results back.
+
+One :class:`Batcher` serves one (model, version, operation). It is used in-process by the
+embedded dispatcher and, inside ``ebm worker``, behind the Redis queue: one code path.
+
+Policy, chosen so the batcher adds nothing when there is nothing to wait for:
+
+- A job that finds the batcher idle runs at once: no timer, no waiting for company.
+- Jobs that arrive while a batch is computing queue up and all run together next, up to
+  ``max_rows`` rows (a single job larger than that runs alone; it is never split).
+- Only under load (other jobs were already queued behind the first) does the batcher wait, at
+  most ``max_delay_s`` after the first job arrived, for the batch to fill up.
+- The queue is bounded (``Overloaded`` -> 429) and every job has a deadline: a job whose
+  deadline passes before its batch starts is dropped, its caller gets ``DeadlineExceeded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from app.errors import DeadlineExceeded, Overloaded, ShuttingDown
+
+P = TypeVar("P")  # what a job carries to the backend
+R = TypeVar("R")  # what comes back for one job
+
+#: Runs a batch in a compute thread; returns one result per payload, in order.
+BatchRunner = Callable[[Sequence[P]], Sequence[R]]
+
+log = logging.getLogger("ebm.batcher")
+
+
+@dataclass(eq=False)
+class Job(Generic[P, R]):
+    payload: P
+    rows: int
+    deadline: float  # loop.time() seconds
+    future: asyncio.Future[R]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    jobs: int = 0
+    rows: int = 0
+    expired: int = 0
+    rejected: int = 0
+    largest_batch_rows: int = 0
+
+
+class Batcher(Generic[P, R]):
+    def __init__(
+        self,
+        runner: BatchRunner[P, R],
+        *,
+        executor: Executor,
+        max_rows: int,
+        max_delay_s: float,
+        max_queue: int,
+        name: str = "batcher",
+    ) -> None:
+        self._runner = runner
+        self._executor = executor
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.name = name
+        self.stats = BatcherStats()
+        self._queue: deque[Job[P, R]] = deque()
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_batch_s = 0.0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, payload: P, rows: int, deadline: float) -> R:
+        """Queue one job and wait for its result; ``deadline`` is in ``loop.time()`` seconds."""
+        if self._closing:
+            raise ShuttingDown(f"{self.name} is shutting down and takes no new work")
+        if len(self._queue) >= self.max_queue:
+            self.stats.rejected += 1
+            raise Overloaded(
+                f"{self.name}: {len(self._queue)} jobs are already queued (limit "
+                f"{self.max_queue}); retry later",
+                retry_after_s=max(1.0, self._last_batch_s * len(self._queue)),
+            )
+        loop = asyncio.get_running_loop()
+        job: Job[P, R] = Job(payload, rows, deadline, loop.create_future())
+        self._queue.append(job)
+        self._arrived.set()
+        if self._task is None:
+            self._task = loop.create_task(self._run_forever(), name=self.name)
+        # The caller stops waiting at its deadline even if the batch is still running.
+        timer = loop.call_at(deadline, self._expire, job)
+        try:
+            return await job.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, job: Job[P, R]) -> None:
+        if job.future.done():
+            return
+        self.stats.expired += 1
+        waited_ms = (time.monotonic() - job.enqueued_at) * 1000
+        job.future.set_exception(
+            DeadlineExceeded(f"{self.name}: deadline passed after {waited_ms:.0f} ms")
+        )
+
+    async def close(self) -> None:
+        """Stop taking jobs, finish everything already accepted, then stop the loop."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run_forever(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch = await self._collect()
+            if batch:
+                await self._run(batch)
+
+    def _take_fitting(self, batch: list[Job[P, R]], rows: int) -> int:
+        """Move queued jobs into ``batch`` while they fit in ``max_rows``."""
+        while self._queue:
+            job = self._queue[0]
+            if job.future.done():  # expired or cancelled while queued: drop it
+                self._queue.popleft()
+                continue
+            if rows + job.rows > self.max_rows:
+                break
+            batch.append(self._queue.popleft())
+            rows += job.rows
+        return rows
+
+    async def _collect(self) -> list[Job[P, R]]:
+        first = self._queue.popleft()
+        if first.future.done():
+            return []
+        batch = [first]
+        rows = self._take_fitting(batch, first.rows)
+        under_load = len(batch) > 1
+        if under_load and self.max_delay_s > 0 and rows < self.max_rows and not self._closing:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.max_delay_s - (time.monotonic() - first.enqueued_at)
+            while rows < self.max_rows and not self._queue_blocked(rows):
+                remaining = until - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                rows = self._take_fitting(batch, rows)
+        return batch
+
+    def _queue_blocked(self, rows: int) -> bool:
+        """The next queued job would not fit: waiting longer cannot grow this batch."""
+        return bool(self._queue) and rows + self._queue[0].rows > self.max_rows
+
+    async def _run(self, batch: list[Job[P, R]]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        live = []
+        for job in batch:
+            if job.deadline <= now:
+                self._expire(job)
+            elif not job.future.done():
+                live.append(job)
+        if not live:
+            return
+        started = time.monotonic()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._runner, [job.payload for job in live]
+            )
+        except Exception as exc:  # one bad batch must not stop the loop; callers get the error
+            log.exception("%s: batch of %d jobs failed", self.name, len(live))
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self._last_batch_s = time.monotonic() - started
+        rows = sum(job.rows for job in live)
+        self.stats.batches += 1
+        self.stats.jobs += len(live)
+        self.stats.rows += rows
+        self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
+        for job, result in zip(live, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)

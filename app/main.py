@@ -1,0 +1,82 @@
+"""create_app(): the FastAPI application, its lifespan, routers and error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api import energy, health, models
+from app.api.deps import require_api_key
+from app.api.errors import install_error_handlers
+from app.api.responses import error_response
+from app.config import Settings, get_settings
+from app.dispatch.local import LocalDispatcher
+from app.logs import configure_logging
+from app.registry.loader import load_registry
+
+log = logging.getLogger("ebm.app")
+
+
+class BodyLimit:
+    """Refuse a declared body larger than the limit before reading it (413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    response = error_response(
+                        "payload_too_large",
+                        f"body has {int(value)} bytes; the limit is {self.max_bytes}",
+                        413,
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # Loading runs parity probes on every model: keep it off the event loop.
+    app.state.registry = await asyncio.to_thread(load_registry, settings)
+    app.state.dispatcher = LocalDispatcher(settings)
+    log.info(
+        "serving %d model(s) from %s; %d unavailable",
+        sum(len(v) for v in app.state.registry.models.values()),
+        settings.models_dir,
+        len(app.state.registry.unavailable),
+    )
+    try:
+        yield
+    finally:
+        await app.state.dispatcher.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    app = FastAPI(
+        title="ebm-serve",
+        summary="Serve trained energy-based models: score pairs, minimise energy, sample.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.api_keys = settings.api_key_set()
+    install_error_handlers(app)
+    app.include_router(health.router)
+    # The dependency is only attached when keys are configured: no cost otherwise.
+    guarded = [Depends(require_api_key)] if app.state.api_keys else []
+    app.include_router(models.router, dependencies=guarded)
+    app.include_router(energy.router, dependencies=guarded)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,223 @@
+"""Discover, verify and load every model version under the models directory.
+
+``models/<name>/<version>/manifest.json`` per version. Each version is loaded on its own: a
+bad hash, a backend that fails to load, or a parity probe that disagrees marks that version
+unavailable (with the reason, in /v1/models and the log) while every other version serves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.config import BackendChoice, Settings
+from app.errors import (
+    BackendError,
+    EBMError,
+    ManifestError,
+    ModelNotFound,
+    ModelUnavailable,
+    VersionNotFound,
+)
+from app.registry.backends.base import EnergyBackend
+from app.registry.hashing import sha256_of
+from app.registry.manifest import MANIFEST_FILE, NAME_PATTERN, Artifact, Manifest, read_manifest
+from app.registry.parity import check_agreement, check_probe
+
+log = logging.getLogger("ebm.registry")
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    directory: Path
+    backend: EnergyBackend
+    parity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    name: str
+    version: int | None
+    reason: str
+
+
+@dataclass
+class Registry:
+    models: dict[str, dict[int, LoadedModel]] = field(default_factory=dict)
+    unavailable: list[Unavailable] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return sorted(set(self.models) | {u.name for u in self.unavailable})
+
+    def versions(self, name: str) -> dict[int, LoadedModel]:
+        return self.models.get(name, {})
+
+    def problems(self, name: str) -> list[Unavailable]:
+        return [u for u in self.unavailable if u.name == name]
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
+        """The requested version, or the newest available one when ``version`` is None."""
+        versions = self.versions(name)
+        problems = self.problems(name)
+        if not versions and not problems:
+            known = ", ".join(self.names()) or "none"
+            raise ModelNotFound(f"model '{name}' does not exist; models: {known}")
+        if version is None:
+            if not versions:
+                raise ModelUnavailable(f"model '{name}' is unavailable: {problems[0].reason}")
+            return versions[max(versions)]
+        if version in versions:
+            return versions[version]
+        for problem in problems:
+            if problem.version == version:
+                raise ModelUnavailable(
+                    f"model '{name}' version {version} is unavailable: {problem.reason}"
+                )
+        available = ", ".join(str(v) for v in sorted(versions)) or "none"
+        raise VersionNotFound(
+            f"model '{name}' has no version {version}; available versions: {available}"
+        )
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _verify_hashes(manifest: Manifest, directory: Path) -> None:
+    for slot, artifact in manifest.artifacts:
+        if not isinstance(artifact, Artifact):
+            continue
+        path = directory / artifact.file
+        if not path.is_file():
+            raise ManifestError(f"artifact {slot} file {artifact.file} is missing")
+        actual = sha256_of(path)
+        if actual != artifact.sha256:
+            raise ManifestError(
+                f"artifact {artifact.file} has sha256 {actual[:12]}..., "
+                f"manifest says {artifact.sha256[:12]}..."
+            )
+
+
+def _onnx_backend(manifest: Manifest, directory: Path, settings: Settings) -> EnergyBackend:
+    from app.registry.backends.onnx import OnnxBackend
+
+    artifacts = manifest.artifacts
+    assert artifacts.energy_onnx is not None
+    score = directory / artifacts.score_onnx.file if artifacts.score_onnx else None
+    return OnnxBackend(directory / artifacts.energy_onnx.file, score, settings.intra_op_threads)
+
+
+def _torch_backend(manifest: Manifest, directory: Path, settings: Settings) -> EnergyBackend:
+    from app.registry.backends.torch import TorchBackend
+
+    assert manifest.artifacts.energy_pt2 is not None
+    return TorchBackend(
+        directory / manifest.artifacts.energy_pt2.file,
+        manifest.input_names,
+        manifest.grad_names,
+        settings.intra_op_threads,
+    )
+
+
+BackendFactory = Callable[[Manifest, Path, Settings], EnergyBackend]
+
+
+def _usable_backends(manifest: Manifest) -> dict[str, BackendFactory]:
+    """Backends whose library is installed and whose artifact the model ships, best first."""
+    usable: dict[str, BackendFactory] = {}
+    if manifest.artifacts.energy_onnx is not None and has_module("onnxruntime"):
+        usable["onnx"] = _onnx_backend
+    if manifest.artifacts.energy_pt2 is not None and has_module("torch"):
+        usable["torch"] = _torch_backend
+    return usable
+
+
+def load_version(directory: Path, settings: Settings) -> LoadedModel:
+    """Load one version directory; raises EBMError with the reason when it cannot serve."""
+    manifest = read_manifest(directory / MANIFEST_FILE)
+    name, version = directory.parent.name, directory.name
+    if manifest.name != name or str(manifest.version) != version:
+        raise ManifestError(
+            f"manifest says {manifest.name}/{manifest.version} but lives in {name}/{version}"
+        )
+    _verify_hashes(manifest, directory)
+    usable = _usable_backends(manifest)
+    wanted = settings.backend.value
+    if settings.backend == BackendChoice.AUTO:
+        if not usable:
+            raise BackendError("no backend can run it: install onnxruntime or torch")
+        wanted = next(iter(usable))
+    if wanted not in usable:
+        raise BackendError(
+            f"EBM_BACKEND={wanted} cannot run it: it needs the {wanted} artifact and library; "
+            f"usable here: {', '.join(usable) or 'none'}"
+        )
+    backend = usable[wanted](manifest, directory, settings)
+    model = LoadedModel(manifest=manifest, directory=directory, backend=backend)
+    if manifest.probe is not None:
+        model.parity[f"{wanted}_vs_probe"] = check_probe(backend, manifest, settings.parity_rtol)
+    # The other backend, when it can run here, must agree too: a model is only served when
+    # its two artifacts describe the same energy.
+    for other_name, factory in usable.items():
+        if other_name == wanted:
+            continue
+        other = factory(manifest, directory, settings)
+        model.parity[f"{wanted}_vs_{other_name}"] = check_agreement(
+            backend, other, manifest, settings.parity_rtol
+        )
+    return model
+
+
+def load_registry(settings: Settings) -> Registry:
+    registry = Registry()
+    root = settings.models_dir
+    if not root.is_dir():
+        log.warning("models directory %s does not exist; serving no models", root)
+        return registry
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not re.match(NAME_PATTERN, model_dir.name):
+            continue
+        version_dirs = sorted(
+            (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
+        if not version_dirs:
+            if (model_dir / "train.py").is_file():
+                reason = f"not trained yet: run `ebm train {model_dir.name}`"
+                registry.unavailable.append(Unavailable(model_dir.name, None, reason))
+                log.warning("model %s unavailable: %s", model_dir.name, reason)
+            continue
+        for version_dir in version_dirs:
+            _load_into(registry, version_dir, settings)
+    return registry
+
+
+def _load_into(registry: Registry, version_dir: Path, settings: Settings) -> None:
+    name, version = version_dir.parent.name, int(version_dir.name)
+    try:
+        model = load_version(version_dir, settings)
+    except EBMError as exc:
+        registry.unavailable.append(Unavailable(name, version, exc.message))
+        log.error("model %s version %d unavailable: %s", name, version, exc.message)
+        return
+    registry.models.setdefault(name, {})[version] = model
+    log.info(
+        "model %s version %d loaded on %s; parity %s",
+        name,
+        version,
+        model.backend.name,
+        {k: max(v.values()) for k, v in model.parity.items()},
+    )

@@ -1,0 +1,182 @@
+"""The manifest of one model version (``models/<name>/<version>/manifest.json``), validated.
+
+The manifest is the contract between a training recipe and the service: tensor specs with
+shapes and bounds, artifact files with their sha256, inference defaults, batching limits,
+training provenance and measured metrics, and a golden probe (inputs with the energies and
+gradients torch computed at export) that every backend must reproduce at load.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.errors import ManifestError
+
+MANIFEST_FILE = "manifest.json"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One input of the energy, per row: the batch axis is not part of ``shape``."""
+
+    shape: list[int] = Field(min_length=1, description="Per-row shape, e.g. [2].")
+    dtype: Literal["float32"] = "float32"
+    kind: Literal["continuous", "discrete"] = "continuous"
+    low: list[float] | None = Field(None, description="Lower bounds, one per component.")
+    high: list[float] | None = Field(None, description="Upper bounds, one per component.")
+    names: list[str] | None = Field(None, description="Component names, one per component.")
+    num_classes: int | None = Field(None, ge=2, description="Values of a discrete input.")
+    prior: Literal["normal", "uniform", "categorical"] | None = None
+    description: str = ""
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @model_validator(mode="after")
+    def _check(self) -> TensorSpec:
+        if any(d < 1 for d in self.shape):
+            raise ValueError(f"shape {self.shape} has a dimension below 1")
+        for field in ("low", "high", "names"):
+            values = getattr(self, field)
+            if values is not None and len(values) != self.size:
+                raise ValueError(
+                    f"{field} has {len(values)} entries; shape {self.shape} has {self.size}"
+                )
+        if (
+            self.low is not None
+            and self.high is not None
+            and any(lo >= hi for lo, hi in zip(self.low, self.high, strict=True))
+        ):
+            raise ValueError("every low bound must be below its high bound")
+        if self.kind == "discrete" and self.num_classes is None:
+            raise ValueError("a discrete input needs num_classes")
+        return self
+
+
+class Artifact(_Strict):
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="File name beside the manifest.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Artifacts(_Strict):
+    energy_onnx: Artifact | None = Field(None, description="Energy and grad_y graph (ONNX).")
+    score_onnx: Artifact | None = Field(
+        None, description="Energy-only graph (ONNX), used when no gradient is asked for."
+    )
+    energy_pt2: Artifact | None = Field(None, description="Energy as a torch.export program.")
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Artifacts:
+        if self.energy_onnx is None and self.energy_pt2 is None:
+            raise ValueError("a model needs energy_onnx or energy_pt2")
+        return self
+
+
+class InferenceDefaults(_Strict):
+    """Defaults of the optimisation endpoints; requests may override each."""
+
+    method: str = "auto"
+    k: int = Field(2, ge=1)
+    num_starts: int = Field(64, ge=1)
+    steps: int = Field(100, ge=0)
+    step_size: float = Field(0.05, gt=0)
+    noise_scale: float = Field(0.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    merge_radius: float = Field(0.1, gt=0)
+
+
+class Batching(_Strict):
+    max_batch_size: int = Field(256, ge=1, description="Max rows coalesced into one call.")
+    max_delay_ms: float = Field(
+        2.0, ge=0, description="Max wait for more jobs when others are queued."
+    )
+    max_rows_per_request: int = Field(8192, ge=1, description="Rows one request may carry.")
+
+
+class Training(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    recipe: str
+    seed: int
+    method: str
+    data: str
+    steps: int | None = None
+    duration_s: float | None = None
+    torch_version: str | None = None
+
+
+class Card(_Strict):
+    task: str
+    method: str
+    summary: str = ""
+
+
+class Probe(_Strict):
+    """Inputs and the energies/gradients torch gave at export; backends must reproduce them."""
+
+    inputs: dict[str, list[Any]]
+    energy: list[float]
+    grads: dict[str, list[Any]] = Field(default_factory=dict, description="dE/d<input>.")
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    description: str = ""
+    x: TensorSpec | None = Field(None, description="Observed input; absent if unconditional.")
+    y: TensorSpec
+    z: TensorSpec | None = Field(None, description="Latent variable, if the energy has one.")
+    artifacts: Artifacts
+    inference: InferenceDefaults = InferenceDefaults()
+    batching: Batching = Batching()
+    training: Training
+    metrics: dict[str, float | int | str] = Field(default_factory=dict)
+    card: Card
+    probe: Probe | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        """Inputs of the energy graphs, in order; y is always last-but-latent."""
+        names = ["x"] if self.x is not None else []
+        names.append("y")
+        if self.z is not None:
+            names.append("z")
+        return names
+
+    @property
+    def grad_names(self) -> list[str]:
+        """Inputs the energy is differentiated by: the continuous ones among y and z."""
+        return [
+            n for n in ("y", "z") if n in self.input_names and self.spec(n).kind == "continuous"
+        ]
+
+    def spec(self, name: str) -> TensorSpec:
+        spec = {"x": self.x, "y": self.y, "z": self.z}[name]
+        assert spec is not None, f"model has no input {name}"
+        return spec
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and validate ``path``; a ManifestError says which file and field is wrong."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ManifestError(f"{path} is not a valid manifest: {problems}") from exc

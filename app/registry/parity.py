@@ -1,0 +1,72 @@
+"""Parity checks at load: a backend must reproduce the export-time probe, and two backends
+must agree with each other, on energies and on every gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from app.errors import BackendError
+from app.registry.backends.base import Array, EnergyBackend, EnergyOutput
+from app.registry.manifest import Manifest
+
+
+def relative_difference(actual: Array, expected: Array) -> float:
+    """max |actual - expected| over the scale of ``expected`` (its max magnitude).
+
+    Scaled by the whole tensor, not element-wise, so a gradient component that is near zero
+    does not turn float32 round-off into a huge ratio.
+    """
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-12)
+    return float(np.max(np.abs(actual.astype(np.float64) - expected), initial=0.0)) / scale
+
+
+def compare_outputs(actual: EnergyOutput, expected: EnergyOutput) -> dict[str, float]:
+    """Relative difference per output: ``energy`` and ``grad_<name>``."""
+    diffs = {"energy": relative_difference(actual.energy, expected.energy)}
+    for name, grad in expected.grads.items():
+        got = actual.grads.get(name)
+        diffs[f"grad_{name}"] = float("inf") if got is None else relative_difference(got, grad)
+    return diffs
+
+
+def probe_inputs(manifest: Manifest) -> dict[str, Array]:
+    assert manifest.probe is not None
+    return {
+        name: np.asarray(values, dtype=np.float32) for name, values in manifest.probe.inputs.items()
+    }
+
+
+def expected_probe_output(manifest: Manifest) -> EnergyOutput:
+    assert manifest.probe is not None
+    grads = {n: np.asarray(g, dtype=np.float32) for n, g in manifest.probe.grads.items()}
+    return EnergyOutput(energy=np.asarray(manifest.probe.energy, dtype=np.float32), grads=grads)
+
+
+def _raise_if_apart(diffs: Mapping[str, float], rtol: float, what: str) -> dict[str, float]:
+    worst = max(diffs, key=lambda k: diffs[k])
+    if not diffs[worst] <= rtol:  # also catches NaN
+        raise BackendError(
+            f"{what}: {worst} differs by {diffs[worst]:.3g} relative; allowed is {rtol:g}"
+        )
+    return dict(diffs)
+
+
+def check_probe(backend: EnergyBackend, manifest: Manifest, rtol: float) -> dict[str, float]:
+    """The backend reproduces the energies and gradients torch computed at export."""
+    actual = backend.energy(probe_inputs(manifest), grad=bool(manifest.grad_names))
+    diffs = compare_outputs(actual, expected_probe_output(manifest))
+    return _raise_if_apart(diffs, rtol, f"{backend.name} backend vs export-time probe")
+
+
+def check_agreement(
+    first: EnergyBackend, second: EnergyBackend, manifest: Manifest, rtol: float
+) -> dict[str, float]:
+    """Both backends give the same energies and gradients (all of them) on the probe."""
+    inputs = probe_inputs(manifest)
+    grad = bool(manifest.grad_names)
+    diffs = compare_outputs(first.energy(inputs, grad), second.energy(inputs, grad))
+    return _raise_if_apart(diffs, rtol, f"{first.name} vs {second.name} backend")

@@ -1,0 +1,215 @@
+"""The batcher coalesces, splits, bounds its queue, honours deadlines and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.dispatch.batcher import Batcher
+from app.errors import DeadlineExceeded, Overloaded, ShuttingDown
+
+
+class Recorder:
+    """A runner that doubles numbers, records each batch, and can be held at a gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, payloads: Sequence[int]) -> list[int]:
+        self.entered.set()
+        self.gate.wait(5)
+        self.batches.append(list(payloads))
+        return [2 * p for p in payloads]
+
+
+def make(runner: Recorder, **kwargs: float) -> Batcher[int, int]:
+    options = {"max_rows": 8, "max_delay_s": 0.0, "max_queue": 100} | kwargs
+    return Batcher(
+        runner,
+        executor=ThreadPoolExecutor(1),
+        max_rows=int(options["max_rows"]),
+        max_delay_s=options["max_delay_s"],
+        max_queue=int(options["max_queue"]),
+        name="test",
+    )
+
+
+def far() -> float:
+    return asyncio.get_running_loop().time() + 10
+
+
+def test_jobs_arriving_during_a_batch_run_together_and_get_their_own_results() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner)
+        runner.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(100, 1, far()))
+        await asyncio.to_thread(runner.entered.wait, 5)  # batch 1 is computing
+        rest = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in range(6)]
+        await asyncio.sleep(0.01)
+        runner.gate.set()
+        assert await first == 200
+        assert await asyncio.gather(*rest) == [0, 2, 4, 6, 8, 10]
+        assert runner.batches == [[100], [0, 1, 2, 3, 4, 5]]
+        assert batcher.stats.batches == 2
+        assert batcher.stats.largest_batch_rows == 6
+
+    asyncio.run(scenario())
+
+
+def test_max_rows_splits_the_queue_and_an_oversized_job_runs_alone() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner, max_rows=4)
+        runner.gate.clear()
+        head = asyncio.ensure_future(batcher.submit(-1, 1, far()))
+        await asyncio.to_thread(runner.entered.wait, 5)
+        sizes = [2, 2, 3, 9, 1]
+        jobs = [
+            asyncio.ensure_future(batcher.submit(i, rows, far())) for i, rows in enumerate(sizes)
+        ]
+        await asyncio.sleep(0.01)
+        runner.gate.set()
+        await asyncio.gather(head, *jobs)
+        # [0,1] fill 4 rows; 3 rows then 9 rows do not fit together; 9 runs alone.
+        assert runner.batches == [[-1], [0, 1], [2], [3], [4]]
+
+    asyncio.run(scenario())
+
+
+def test_idle_job_runs_at_once_even_with_a_long_max_delay() -> None:
+    async def scenario() -> None:
+        batcher = make(Recorder(), max_delay_s=1.0)
+        started = time.perf_counter()
+        assert await batcher.submit(3, 1, far()) == 6
+        assert time.perf_counter() - started < 0.2
+
+    asyncio.run(scenario())
+
+
+def test_under_load_the_batcher_waits_up_to_max_delay_for_more() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner, max_delay_s=0.2)
+        runner.gate.clear()
+        head = asyncio.ensure_future(batcher.submit(0, 1, far()))
+        await asyncio.to_thread(runner.entered.wait, 5)
+        early = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        runner.gate.set()  # batch 2 now forms from [1, 2] and, being under load, waits
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit(3, 1, far()))
+        await asyncio.gather(head, *early, late)
+        assert runner.batches == [[0], [1, 2, 3]]
+
+    asyncio.run(scenario())
+
+
+def test_batching_off_runs_every_job_alone() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner, max_rows=1, max_delay_s=0.05)
+        results = await asyncio.gather(*(batcher.submit(i, 1, far()) for i in range(5)))
+        assert results == [0, 2, 4, 6, 8]
+        assert all(len(batch) == 1 for batch in runner.batches)
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_refuses_with_retry_after() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner, max_queue=2)
+        runner.gate.clear()
+        head = asyncio.ensure_future(batcher.submit(0, 1, far()))
+        await asyncio.to_thread(runner.entered.wait, 5)
+        queued = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as info:
+            await batcher.submit(3, 1, far())
+        assert info.value.status_code == 429
+        assert int(info.value.headers()["Retry-After"]) >= 1
+        runner.gate.set()
+        assert await asyncio.gather(head, *queued) == [0, 2, 4]  # accepted jobs all complete
+        assert batcher.stats.rejected == 1
+
+    asyncio.run(scenario())
+
+
+def test_deadline_passing_in_the_queue_gives_504_and_skips_compute() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner)
+        runner.gate.clear()
+        head = asyncio.ensure_future(batcher.submit(0, 1, far()))
+        await asyncio.to_thread(runner.entered.wait, 5)
+        soon = asyncio.get_running_loop().time() + 0.02
+        doomed = asyncio.ensure_future(batcher.submit(7, 1, soon))
+        with pytest.raises(DeadlineExceeded, match="deadline passed"):
+            await doomed
+        runner.gate.set()
+        await head
+        await batcher.submit(1, 1, far())
+        assert [7] not in runner.batches
+        assert all(7 not in batch for batch in runner.batches)
+        assert batcher.stats.expired == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_its_jobs_and_the_loop_goes_on() -> None:
+    calls = []
+
+    def flaky(payloads: Sequence[int]) -> list[int]:
+        calls.append(list(payloads))
+        if len(calls) == 1:
+            raise RuntimeError("backend exploded")
+        return list(payloads)
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            flaky, executor=ThreadPoolExecutor(1), max_rows=8, max_delay_s=0, max_queue=8
+        )
+        with pytest.raises(RuntimeError, match="exploded"):
+            await batcher.submit(1, 1, far())
+        assert await batcher.submit(2, 1, far()) == 2
+
+    asyncio.run(scenario())
+
+
+def test_close_finishes_accepted_jobs_and_refuses_new_ones() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner)
+        runner.gate.clear()
+        jobs = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in range(4)]
+        await asyncio.to_thread(runner.entered.wait, 5)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ShuttingDown):
+            await batcher.submit(9, 1, far())
+        runner.gate.set()
+        await closing
+        assert await asyncio.gather(*jobs) == [0, 2, 4, 6]
+
+    asyncio.run(scenario())
+
+
+def test_many_concurrent_jobs_each_get_their_own_answer() -> None:
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner, max_rows=16, max_delay_s=0.001, max_queue=1000)
+        results = await asyncio.gather(*(batcher.submit(i, 1, far()) for i in range(500)))
+        assert results == [2 * i for i in range(500)]
+        assert sum(len(b) for b in runner.batches) == 500
+        assert max(len(b) for b in runner.batches) > 1
+
+    asyncio.run(scenario())
