@@ -26,6 +26,7 @@ class ErrorResponse(BaseModel):
 class EnergyRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # "yes" is not a boolean and "2" is not a version
         json_schema_extra={
             "examples": [
                 {"x": [[0.2, 20.0, 10.0]], "y": [[20.0, 2.5]]},

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Response
 
 from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.api.responses import json_response
+from app.api.routing import OrjsonRoute
 from app.api.tensors import pair_inputs
 from app.inference.scoring import ScoreJob
 from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
 
-router = APIRouter(prefix="/v1/models", tags=["scoring"])
+router = APIRouter(prefix="/v1/models", tags=["scoring"], route_class=OrjsonRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": what}

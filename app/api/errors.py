@@ -29,7 +29,10 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         reason = str(err.get("ctx", {}).get("error", "parse error"))
         loc = tuple(err.get("loc", ()))
         where = f" at character {loc[1]}" if len(loc) > 1 else ""
-        return 400, "invalid_json", f"request body is not valid JSON: {reason}{where}"
+        hint = ""
+        if any(token in str(exc.body) for token in ("NaN", "Infinity")):
+            hint = "; NaN and Infinity are not JSON: send finite numbers only"
+        return 400, "invalid_json", f"request body is not valid JSON: {reason}{where}{hint}"
     problems = []
     for err in errors[:10]:
         where = _location(tuple(err.get("loc", ())))

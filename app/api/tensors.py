@@ -6,6 +6,7 @@ Every refusal says what was wrong and what is allowed, e.g.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -19,28 +20,56 @@ def _expected(spec: TensorSpec) -> str:
     return "[" + ", ".join(["N", *map(str, spec.shape)]) + "]"
 
 
+_TYPE_NAMES = {bool: "booleans", str: "strings", type(None): "nulls", dict: "objects"}
+
+
+def _leaf_types(data: Any, depth: int) -> set[type]:
+    """Types of the values ``depth`` levels down, in C-speed passes (no per-element Python).
+
+    numpy would silently read ``true`` as 1 and the string "1.5" as a number, so leaves are
+    checked before conversion. Raises TypeError when a level is not a list.
+    """
+    if not isinstance(data, list):
+        raise TypeError("not a list")
+    flat: Any = data
+    for _ in range(depth - 1):
+        flat = chain.from_iterable(flat)
+    return set(map(type, flat))
+
+
 def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     """``data`` as a float32 array ``[N, *spec.shape]`` of finite numbers, N >= 1."""
     expected = _expected(spec)
+    shape_error = InvalidInput(
+        f"{name} must be nested lists of shape {expected} for model '{model}'"
+    )
     try:
-        # No dtype here: numpy would happily turn the string "1.5" into a number.
-        array = np.array(data)
-    except (ValueError, TypeError):
+        leaves = _leaf_types(data, 1 + len(spec.shape))
+    except TypeError:
+        raise shape_error from None
+    if not leaves:
+        raise InvalidInput(f"{name} is empty; model '{model}' expects {expected} with N >= 1")
+    if list in leaves:
+        array_shape = np.shape(data) if _is_regular(data) else None
+        if array_shape is not None:
+            shape = "[" + ", ".join(map(str, array_shape)) + "]"
+            raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
+        raise shape_error
+    wrong = leaves - {float, int}
+    if wrong:
+        kinds = ", ".join(sorted(_TYPE_NAMES.get(t, t.__name__) for t in wrong))
+        raise InvalidInput(f"{name} must contain only numbers, got {kinds}")
+    try:
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+            batch = np.array(data, dtype=np.float32)
+    except ValueError:
         raise InvalidInput(
             f"{name} is ragged: rows must all have the same length; "
             f"model '{model}' expects {expected}"
         ) from None
-    if array.size == 0 or array.ndim == 0:
-        raise InvalidInput(f"{name} is empty; model '{model}' expects {expected} with N >= 1")
-    if array.dtype.kind not in "iuf":
-        got = {"b": "booleans", "U": "strings", "S": "strings", "O": "nulls or mixed types"}
-        raise InvalidInput(
-            f"{name} must contain only numbers, got {got.get(array.dtype.kind, array.dtype.name)}"
-        )
-    if tuple(array.shape[1:]) != tuple(spec.shape):
-        shape = "[" + ", ".join(map(str, array.shape)) + "]"
+    if tuple(batch.shape[1:]) != tuple(spec.shape):
+        shape = "[" + ", ".join(map(str, batch.shape)) + "]"
         raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
-    batch = array.astype(np.float32, copy=False)
     if not np.isfinite(batch).all():
         bad_row = int(np.argwhere(~np.isfinite(batch.reshape(len(batch), -1)))[0][0])
         raise InvalidInput(
@@ -50,6 +79,14 @@ def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     if spec.kind == "discrete":
         _check_labels(name, batch, spec)
     return batch
+
+
+def _is_regular(data: Any) -> bool:
+    try:
+        np.array(data, dtype=np.float32)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _check_labels(name: str, batch: Array, spec: TensorSpec) -> None:

@@ -1,0 +1,17 @@
+"""`make bench`: every benchmark, one after another; exit 1 if any bar is missed."""
+
+from __future__ import annotations
+
+from tests.bench import bench_energy
+
+
+def main() -> int:
+    failures = 0
+    for name, bench in (("energy", bench_energy),):
+        print(f"== {name}")
+        failures += bench.main([]) != 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
