@@ -29,6 +29,9 @@ serve: $(VENV)/.serve-installed
 	$(VENV)/bin/ebm serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev-installed system-deps
+	$(VENV)/bin/ruff check app tests models
+	$(VENV)/bin/ruff format --check app tests models
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev-installed

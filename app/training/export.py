@@ -133,28 +133,18 @@ def _onnx_export(
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=UserWarning)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        _export_quietly(module, example_inputs, input_names, output_names, path)
-
-
-def _export_quietly(
-    module: nn.Module,
-    example_inputs: Sequence[torch.Tensor],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    path: Path,
-) -> None:
-    torch.onnx.export(
-        module,
-        tuple(example_inputs),
-        str(path),
-        input_names=list(input_names),
-        output_names=list(output_names),
-        dynamic_shapes=(_dynamic_batch(len(example_inputs)),),
-        opset_version=ONNX_OPSET,
-        dynamo=True,
-        external_data=False,  # one self-contained file, hashed as one artifact
-        verbose=False,
-    )
+        torch.onnx.export(
+            module,
+            tuple(example_inputs),
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=(_dynamic_batch(len(example_inputs)),),
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,  # one self-contained file, hashed as one artifact
+            verbose=False,
+        )
 
 
 class _Positional(nn.Module):

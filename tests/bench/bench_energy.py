@@ -29,7 +29,6 @@ from app.config import BackendChoice, Settings
 from app.registry.loader import LoadedModel, load_version
 from tests.servers import REPO, Server, start_server, stop_server
 
-MODEL = "car"
 RESULTS = REPO / "tests" / "bench" / "results"
 
 
@@ -60,9 +59,9 @@ def raw_rows_per_s(model: LoadedModel, rows: int, seconds: float = 2.0) -> float
     return calls * rows / (time.perf_counter() - started)
 
 
-def load(server: Server, body: bytes, concurrency: int, seconds: float) -> LoadResult:
+def load(server: Server, model: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
     return run_load_sync(
-        f"{server.url}/v1/models/{MODEL}/energy",
+        f"{server.url}/v1/models/{model}/energy",
         body,
         concurrency=concurrency,
         duration_s=seconds,
@@ -76,17 +75,18 @@ def best(results: list[LoadResult], key: str) -> LoadResult:
     return ordered[len(ordered) // 2]
 
 
-def run(seconds: float, repeats: int) -> dict[str, Any]:
-    settings = Settings(models_dir=REPO / "models", backend=BackendChoice.ONNX)
-    model = load_version(REPO / "models" / MODEL / "1", settings)
+def run(seconds: float, repeats: int, models_dir: Path, name: str) -> dict[str, Any]:
+    settings = Settings(models_dir=models_dir, backend=BackendChoice.ONNX)
+    versions = sorted(int(p.name) for p in (models_dir / name).iterdir() if p.name.isdigit())
+    model = load_version(models_dir / name / str(versions[-1]), settings)
     one_pair = orjson.dumps(sample_pairs(model, 1, seed=0))
     bulk = orjson.dumps(sample_pairs(model, 4096, seed=1))
 
     raw = {rows: raw_rows_per_s(model, rows) for rows in (1, 64, 256, 4096)}
     log_dir = Path(tempfile.mkdtemp(prefix="ebm-bench-"))
     servers = {
-        "on": start_server(REPO / "models", log_dir, EBM_BACKEND="onnx"),
-        "off": start_server(REPO / "models", log_dir, EBM_BACKEND="onnx", EBM_MAX_BATCH_SIZE="1"),
+        "on": start_server(models_dir, log_dir, EBM_BACKEND="onnx"),
+        "off": start_server(models_dir, log_dir, EBM_BACKEND="onnx", EBM_MAX_BATCH_SIZE="1"),
     }
     rows: list[dict[str, Any]] = []
     try:
@@ -94,7 +94,7 @@ def run(seconds: float, repeats: int) -> dict[str, Any]:
             runs: dict[str, list[LoadResult]] = {"on": [], "off": []}
             for _ in range(repeats):  # alternate so drift hits both modes alike
                 for mode in ("on", "off"):
-                    runs[mode].append(load(servers[mode], one_pair, concurrency, seconds))
+                    runs[mode].append(load(servers[mode], name, one_pair, concurrency, seconds))
             for mode in ("on", "off"):
                 result = best(runs[mode], "throughput_rps")
                 rows.append(
@@ -103,7 +103,7 @@ def run(seconds: float, repeats: int) -> dict[str, Any]:
                 )
         bulk_runs = [
             run_load_sync(
-                f"{servers['on'].url}/v1/models/{MODEL}/energy",
+                f"{servers['on'].url}/v1/models/{name}/energy",
                 bulk,
                 concurrency=1,
                 requests=20,
@@ -136,7 +136,7 @@ def run(seconds: float, repeats: int) -> dict[str, Any]:
         "bulk >= 15% of raw rows/s": summary["bulk_over_raw"] >= 0.15,
     }
     return {
-        "model": MODEL,
+        "model": name,
         "seconds_per_run": seconds,
         "repeats": repeats,
         "raw_rows_per_s": raw,
@@ -181,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per load run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per mode")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--model", default="car")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
-    report = run(args.seconds, args.repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "energy.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = run(args.seconds, args.repeats, args.models_dir, args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "energy.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
-    (RESULTS / "energy.md").write_text(table + "\n")
+    (args.out / "energy.md").write_text(table + "\n")
     print(table)
     return 0 if all(report["bars"].values()) else 1
 
