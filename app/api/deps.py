@@ -1,4 +1,8 @@
-"""Resources opened in the lifespan, reached by routes through ``Annotated`` aliases."""
+"""Resources opened in the lifespan, reached by routes through ``Annotated`` aliases.
+
+The dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a
+worker thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,17 @@ from app.errors import Unauthorized
 from app.registry.loader import Registry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
 
@@ -32,7 +36,7 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Accept ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` when keys are set."""
     keys: frozenset[str] = request.app.state.api_keys
     if not keys:
