@@ -12,6 +12,7 @@ Run it with `ebm train car`, or `PYTHONPATH=. python models/car/train.py [--smok
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -36,10 +37,16 @@ Y_LOW, Y_HIGH = [9.0, -4.5], [27.0, 4.5]
 # --- the recipe --------------------------------------------------------------------------
 N_TRAIN = 50_000  # situations in the training set (shared by the EBM and the regressor)
 WIDTH, DEPTH = 128, 3
-STEPS, BATCH = 1500, 128
-N_UNIFORM, N_NEAR = 128, 128  # counter-examples per positive
+STEPS, BATCH = 1000, 128
+# Counter-examples per positive. Uniform ones alone almost never match the forward
+# displacement (it is nearly fixed by the speed), so they teach forward and say little about
+# left vs right: the lateral ones keep the positive's forward and draw the lateral anywhere.
+N_UNIFORM, N_LATERAL, N_NEAR = 32, 64, 32
 NEAR_SIGMA_M = (0.1, 2.0)  # log-uniform scale of the near-positive perturbations
 LR = 1e-3
+# Inputs are centred on the spec bounds and scaled to -zoom..zoom: the valleys are a few
+# tenths of a metre wide, and an MLP on -1..1 inputs learns such sharp features slowly.
+X_ZOOM, Y_ZOOM = 2.0, 4.0
 MSE_STEPS = 3000
 N_HELDOUT, GRID = 500, 161
 INFERENCE = InferenceDefaults(
@@ -48,9 +55,10 @@ INFERENCE = InferenceDefaults(
 
 
 def swerve_fraction(x: np.ndarray) -> np.ndarray:
-    """How far the swerve gets in HORIZON_S, [N] in 0.4..1: full once the obstacle is
-    reached, partial while it is still far (the car has only begun to move over)."""
-    reach = x[:, 2] * HORIZON_S / x[:, 1]
+    """How far the swerve gets in HORIZON_S, [N] (0.64..1 within the x bounds): full once
+    the obstacle is reached, partial while it is still far (the car has begun to move over),
+    so the two continuations are always at least 3.2 m apart laterally."""
+    reach: np.ndarray = x[:, 2] * HORIZON_S / x[:, 1]
     return np.clip(0.4 + 0.6 * reach, 0.0, 1.0)
 
 
@@ -92,65 +100,75 @@ def mlp(n_in: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(WIDTH, n_out))
 
 
-def _centre_scale(low: list[float], high: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    lo, hi = torch.tensor(low), torch.tensor(high)
-    return (lo + hi) / 2, (hi - lo) / 2
+class Normalised(nn.Module):
+    """Fixed input normalisation, stored as buffers so exported graphs take physical units:
+    centred on the spec bounds and scaled to -zoom..zoom."""
 
-
-class CarEnergy(nn.Module):
-    """E(x, y) -> [...]: x [..., 3] and y [..., 2] in physical units, any leading dims.
-
-    The normalisation is fixed (the spec bounds mapped to -1..1) and stored as buffers, so
-    the exported graph takes metres and m/s as the manifest describes them.
-    """
+    x_centre: torch.Tensor
+    x_scale: torch.Tensor
+    y_centre: torch.Tensor
+    y_scale: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
-        for name, (centre, scale) in {
-            "x": _centre_scale(X_LOW, X_HIGH),
-            "y": _centre_scale(Y_LOW, Y_HIGH),
-        }.items():
-            self.register_buffer(f"{name}_centre", centre)
-            self.register_buffer(f"{name}_scale", scale)
+        for name, low, high, zoom in (("x", X_LOW, X_HIGH, X_ZOOM), ("y", Y_LOW, Y_HIGH, Y_ZOOM)):
+            lo, hi = torch.tensor(low), torch.tensor(high)
+            self.register_buffer(f"{name}_centre", (lo + hi) / 2)
+            self.register_buffer(f"{name}_scale", (hi - lo) / (2 * zoom))
+
+    def norm_x(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.x_centre) / self.x_scale
+
+    def norm_y(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.y_centre) / self.y_scale
+
+
+class CarEnergy(Normalised):
+    """E(x, y) -> [...]: x [..., 3] and y [..., 2] in physical units, any leading dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.net = mlp(3 + 2, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        xn = (x - self.x_centre) / self.x_scale
-        yn = (y - self.y_centre) / self.y_scale
-        return self.net(torch.cat([xn, yn], dim=-1)).squeeze(-1)
+        h = torch.cat([self.norm_x(x), self.norm_y(y)], dim=-1)
+        energy: torch.Tensor = self.net(h).squeeze(-1)
+        return energy
 
 
-class Regressor(nn.Module):
-    """The MSE baseline f(x) -> y [..., 2], the same MLP and normalisation."""
+class Regressor(Normalised):
+    """The MSE baseline f(x) -> y [..., 2]: the same MLP and normalisation."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.energy_like = CarEnergy()  # reuse the buffers; only its normalisation is used
         self.net = mlp(3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.energy_like
-        return self.net((x - e.x_centre) / e.x_scale) * e.y_scale + e.y_centre
+        y: torch.Tensor = self.net(self.norm_x(x)) * self.y_scale + self.y_centre
+        return y
 
 
 # --- training ------------------------------------------------------------------------------
 def counter_examples(y_pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """[B, N_UNIFORM + N_NEAR, 2]: uniform over the y bounds (find and raise spurious valleys
-    anywhere) plus multi-scale perturbations of the positive (sharpen the real valleys)."""
+    """[B, N_UNIFORM + N_LATERAL + N_NEAR, 2]: uniform over the y bounds (raise spurious
+    valleys anywhere), uniform lateral at the positive's forward (raise the middle and the
+    far sides), multi-scale perturbations of the positive (sharpen the real valleys)."""
     b = y_pos.shape[0]
     lo, hi = torch.tensor(Y_LOW), torch.tensor(Y_HIGH)
     uniform = lo + (hi - lo) * torch.rand(b, N_UNIFORM, 2, generator=gen)
+    lateral = lo[1] + (hi[1] - lo[1]) * torch.rand(b, N_LATERAL, 1, generator=gen)
+    forward = y_pos[:, None, :1] + NEAR_SIGMA_M[0] * torch.randn(b, N_LATERAL, 1, generator=gen)
     log_lo, log_hi = np.log(NEAR_SIGMA_M[0]), np.log(NEAR_SIGMA_M[1])
     sigma = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, N_NEAR, 1, generator=gen))
     near = y_pos[:, None, :] + sigma * torch.randn(b, N_NEAR, 2, generator=gen)
-    return torch.cat([uniform, near], dim=1)
+    return torch.cat([uniform, torch.cat([forward, lateral], dim=2), near], dim=1)
 
 
 def cosine_lr(step: int, steps: int) -> float:
     warmup = max(steps // 20, 1)
     if step < warmup:
         return LR * (step + 1) / warmup
-    return LR * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(steps - warmup, 1)))
+    return LR * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
 
 
 def train_energy(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> CarEnergy:
@@ -168,7 +186,7 @@ def train_energy(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> Car
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         opt.step()
         if step % 250 == 0 or step == steps - 1:
             print(f"ebm step {step:5d}  infonce {loss.item():.4f}")
@@ -185,32 +203,39 @@ def train_regressor(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> 
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         opt.step()
     print(f"mse regressor: final batch mse {loss.item():.4f}")
     return model.eval()
 
 
 # --- evaluation ----------------------------------------------------------------------------
+def _mesh(low: list[float], high: list[float], n: int) -> torch.Tensor:
+    """An n x n grid over [low, high], flattened to [n * n, 2] (row-major, forward first)."""
+    axes = [torch.linspace(lo, hi, n) for lo, hi in zip(low, high, strict=True)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def _dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    distance: torch.Tensor = torch.linalg.vector_norm(a - b, dim=-1)
+    return distance
+
+
 @torch.no_grad()
 def grid_valleys(model: CarEnergy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The two lowest local minima of E(x, .) on a GRID x GRID grid over the y bounds, each
     refined on a 21 x 21 sub-grid one cell around it: valleys [N, 2, 2], energies [N, 2]
-    (inf where fewer than two local minima exist)."""
-    axes = [torch.linspace(lo, hi, GRID) for lo, hi in zip(Y_LOW, Y_HIGH, strict=True)]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 2)
-    cell = torch.tensor([(hi - lo) / (GRID - 1) for lo, hi in zip(Y_LOW, Y_HIGH, strict=True)])
-    fine = torch.stack(
-        torch.meshgrid(*[torch.linspace(-1, 1, 21)] * 2, indexing="ij"), dim=-1
-    ).reshape(-1, 2) * cell
+    (inf where E has fewer than two local minima)."""
+    grid = _mesh(Y_LOW, Y_HIGH, GRID)
+    cell = (torch.tensor(Y_HIGH) - torch.tensor(Y_LOW)) / (GRID - 1)
+    fine = _mesh([-1.0, -1.0], [1.0, 1.0], 21) * cell
     valleys, energies = torch.zeros(len(x), 2, 2), torch.full((len(x), 2), float("inf"))
     for i in range(len(x)):
         e = model(x[i].expand(len(grid), -1), grid).reshape(1, 1, GRID, GRID)
         # A local minimum is no higher than its 8 neighbours (max-pool pads with -inf).
         is_min = (-e == F.max_pool2d(-e, 3, stride=1, padding=1)).flatten()
         cand = torch.nonzero(is_min).flatten()
-        order = cand[torch.argsort(e.flatten()[cand])][:2]
-        for j, g in enumerate(order):
+        for j, g in enumerate(cand[torch.argsort(e.flatten()[cand])][:2]):
             ys = grid[g] + fine
             ef = model(x[i].expand(len(ys), -1), ys)
             valleys[i, j], energies[i, j] = ys[ef.argmin()], ef.min()
@@ -218,9 +243,9 @@ def grid_valleys(model: CarEnergy, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def gd_valleys(model: CarEnergy, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """What the service's gradient descent would return with INFERENCE's defaults: plain
-    steps from uniform starts, clamped to the bounds, merged within merge_radius, the k
-    lowest kept. [N, k, 2] (NaN where fewer than k distinct minima were found)."""
+    """What plain gradient descent with INFERENCE's defaults finds: num_starts uniform starts,
+    y -= step_size * dE/dy clamped to the bounds, merged greedily (lowest first) within
+    merge_radius, the k lowest kept. [N, k, 2], NaN where fewer than k were distinct."""
     gen = torch.Generator().manual_seed(seed)
     lo, hi = torch.tensor(Y_LOW), torch.tensor(Y_HIGH)
     n, s = len(x), INFERENCE.num_starts
@@ -235,72 +260,69 @@ def gd_valleys(model: CarEnergy, x: torch.Tensor, seed: int) -> torch.Tensor:
     out = torch.full((n, INFERENCE.k, 2), float("nan"))
     for i in range(n):
         kept: list[torch.Tensor] = []
-        for j in torch.argsort(energy[i]):
-            if all(torch.dist(y[i, j], k) > INFERENCE.merge_radius for k in kept):
+        for j in torch.argsort(energy[i]).tolist():
+            if len(kept) < INFERENCE.k and all(
+                _dist(y[i, j], k) > INFERENCE.merge_radius for k in kept
+            ):
                 kept.append(y[i, j])
-            if len(kept) == INFERENCE.k:
-                break
-        if kept:
-            out[i, : len(kept)] = torch.stack(kept)
+        out[i, : len(kept)] = torch.stack(kept)
     return out
 
 
-def both_found(valleys: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """[N] bool: one of the two valleys within 0.5 m of each true continuation, and the
-    per-situation errors [N, 2] under the better of the two assignments."""
-    d = lambda a, b: torch.linalg.vector_norm(a - b, dim=-1)  # noqa: E731
-    straight = torch.stack([d(valleys[:, 0], left), d(valleys[:, 1], right)], dim=1)
-    swapped = torch.stack([d(valleys[:, 1], left), d(valleys[:, 0], right)], dim=1)
+def match(valleys: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Distances [N, 2] of two valleys [N, 2, 2] to (left, right) under the better of the two
+    assignments (one valley per continuation); inf for a missing valley."""
+    straight = torch.stack([_dist(valleys[:, 0], left), _dist(valleys[:, 1], right)], dim=1)
+    swapped = torch.stack([_dist(valleys[:, 1], left), _dist(valleys[:, 0], right)], dim=1)
     use_swap = (swapped.sum(1) < straight.sum(1))[:, None]
-    errors = torch.where(use_swap, swapped, straight).nan_to_num(float("inf"))
-    return (errors < 0.5).all(dim=1), errors
+    return torch.where(use_swap, swapped, straight).nan_to_num(float("inf"))
 
 
 def evaluate(model: CarEnergy, reg: Regressor, n: int, seed: int) -> dict[str, float | int | str]:
-    x_np, _, went_left = simulate(np.random.default_rng(seed + 1000), n)  # fresh situations
-    left_np, right_np = continuations(x_np.astype(np.float64))
-    x, left, right = torch.from_numpy(x_np), torch.tensor(left_np), torch.tensor(right_np)
-    left, right = left.float(), right.float()
+    """Held-out metrics on n fresh situations (their own seed), against the true continuations."""
+    x_np, _, _ = simulate(np.random.default_rng(seed + 1000), n)
+    left, right = (torch.from_numpy(c).float() for c in continuations(x_np.astype(np.float64)))
+    x = torch.from_numpy(x_np)
     valleys, v_energy = grid_valleys(model, x)
-    ok, err = both_found(valleys, left, right)
-    gd_ok, _ = both_found(gd_valleys(model, x, seed + 2000), left, right)
+    err = match(valleys, left, right)
+    gd_err = match(gd_valleys(model, x, seed + 2000), left, right)
     with torch.no_grad():
         pred = reg(x)
         e_pred = model(x, pred)
-    to_left = torch.linalg.vector_norm(pred - left, dim=-1)
-    to_right = torch.linalg.vector_norm(pred - right, dim=-1)
+    mse_nearest = torch.minimum(_dist(pred, left), _dist(pred, right))
     midpoint = (left[:, 1] + right[:, 1]) / 2
-    # Which side the lowest valley is on, against the likelier side for this offset.
+    # Distance from the obstacle's centre line 2 s later: the regressor ends closer to the
+    # obstacle than either way around it.
+    ends = (torch.stack([pred[:, 1], left[:, 1], right[:, 1]], dim=1) + x[:, :1]).abs()
+    into_obstacle = ends[:, 0] < ends[:, 1:].min(dim=1).values
+    # Does the lowest valley lie on the side this offset makes likelier (p_left != 0.5)?
     lowest = valleys[torch.arange(n), v_energy.argmin(dim=1)]
-    picks_left = (lowest - left).norm(dim=-1) < (lowest - right).norm(dim=-1)
-    likely_left = torch.from_numpy(p_left(x_np) > 0.5)
+    picks_left = _dist(lowest, left) < _dist(lowest, right)
+    agrees = picks_left == torch.from_numpy(p_left(x_np) > 0.5)
     clear = torch.from_numpy(np.abs(x_np[:, 0]) > 0.5)  # p_left outside 0.375..0.625
     finite = err[torch.isfinite(err)]
-    return {
-        "heldout_situations": n,
-        "heldout_both_valleys_within_0.5m": ok.float().mean().item(),
-        "heldout_valley_error_m_mean": finite.mean().item(),
-        "heldout_valley_error_m_median": finite.median().item(),
-        "heldout_valley_error_m_p95": finite.quantile(0.95).item(),
-        "heldout_gd64_both_valleys_within_0.5m": gd_ok.float().mean().item(),
-        "mse_distance_to_nearest_continuation_m_mean": torch.minimum(to_left, to_right)
-        .mean()
-        .item(),
-        "mse_lateral_abs_from_midpoint_m_mean": (pred[:, 1] - midpoint).abs().mean().item(),
-        "continuation_separation_m_mean": (left - right).norm(dim=-1).mean().item(),
-        "ebm_energy_at_valleys_mean": v_energy[torch.isfinite(v_energy)].mean().item(),
-        "ebm_energy_at_mse_prediction_mean": e_pred.mean().item(),
+    metrics = {
+        "heldout_both_valleys_within_0.5m": (err < 0.5).all(dim=1).float().mean(),
+        "heldout_valley_error_m_mean": finite.mean(),
+        "heldout_valley_error_m_median": finite.median(),
+        "heldout_valley_error_m_p95": finite.quantile(0.95),
+        "heldout_gd64_both_valleys_within_0.5m": (gd_err < 0.5).all(dim=1).float().mean(),
+        "continuation_separation_m_mean": _dist(left, right).mean(),
+        "mse_distance_to_nearest_continuation_m_mean": mse_nearest.mean(),
+        "mse_lateral_abs_from_midpoint_m_mean": (pred[:, 1] - midpoint).abs().mean(),
+        "mse_closer_to_obstacle_than_both_continuations_share": into_obstacle.float().mean(),
+        "ebm_energy_at_valleys_mean": v_energy[torch.isfinite(v_energy)].mean(),
+        "ebm_energy_at_mse_prediction_mean": e_pred.mean(),
         "ebm_mse_prediction_above_both_valleys_share": (e_pred[:, None] > v_energy)
         .all(dim=1)
         .float()
-        .mean()
-        .item(),
-        "lowest_valley_on_likelier_side_share": (picks_left == likely_left).float().mean().item(),
-        "lowest_valley_on_likelier_side_share_abs_offset_gt_0.5": (
-            (picks_left == likely_left)[clear].float().mean().item()
-        ),
-        "heldout_went_left_share": float(went_left.mean()),
+        .mean(),
+        "lowest_valley_on_likelier_side_share": agrees.float().mean(),
+        "lowest_valley_on_likelier_side_share_abs_offset_gt_0.5": agrees[clear].float().mean(),
     }
+    out: dict[str, float | int | str] = {"heldout_situations": n}
+    out.update({k: round(float(v), 4) for k, v in metrics.items()})
+    return out
 
 
 # --- the recipe's entry point ------------------------------------------------------------
@@ -310,7 +332,7 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
     torch.set_num_threads(2)
     x_np, y_np, _ = simulate(np.random.default_rng(seed), N_TRAIN)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    steps, mse_steps, n_eval = (20, 50, 20) if smoke else (STEPS, MSE_STEPS, N_HELDOUT)
+    steps, mse_steps, n_eval = (10, 20, 20) if smoke else (STEPS, MSE_STEPS, N_HELDOUT)
 
     t0 = time.perf_counter()
     model = train_energy(x, y, steps, seed)
@@ -320,7 +342,9 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
     mse_s = time.perf_counter() - t0
     print(f"trained: ebm {ebm_s:.1f} s, mse regressor {mse_s:.1f} s")
 
+    t0 = time.perf_counter()
     metrics = evaluate(model, reg, n_eval, seed)
+    eval_s = time.perf_counter() - t0
     for key, value in metrics.items():
         print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
 
@@ -358,7 +382,8 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
         training=Training(
             recipe="models/car/train.py",
             seed=seed,
-            method=f"InfoNCE, {N_UNIFORM} uniform + {N_NEAR} near-positive counter-examples",
+            method=f"InfoNCE (IBC-style), {N_UNIFORM} uniform + {N_LATERAL} lateral + "
+            f"{N_NEAR} near-positive counter-examples per positive",
             data=f"{N_TRAIN} simulated situations (numpy, seed {seed}), noise {NOISE_M} m",
             steps=steps,
             duration_s=round(ebm_s, 1),
@@ -368,6 +393,7 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
             optimizer=f"AdamW lr {LR} cosine, weight decay 1e-4",
             threads=torch.get_num_threads(),
             mse_baseline_duration_s=round(mse_s, 1),
+            evaluation_duration_s=round(eval_s, 1),
             smoke=smoke,
         ),
         metrics=metrics,
