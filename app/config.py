@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
     )
+    inline_below_ms: float = Field(
+        0.5,
+        ge=0,
+        description="Batches expected to compute faster than this run on the event loop, "
+        "skipping the thread hand-off; 0 sends every batch to the compute threads.",
+    )
     compute_threads: int = Field(
         1, ge=1, description="Threads that run backend calls (batches run one at a time each)."
     )

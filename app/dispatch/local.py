@@ -43,6 +43,7 @@ class LocalDispatcher:
                 max_rows=max_rows,
                 max_delay_s=max_delay_s,
                 max_queue=self._settings.max_queue,
+                inline_below_s=self._settings.inline_below_ms / 1000,
                 name=f"{model.name}/{model.version}/{op}",
             )
             self._batchers[key] = batcher

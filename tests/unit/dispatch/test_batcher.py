@@ -213,3 +213,32 @@ def test_many_concurrent_jobs_each_get_their_own_answer() -> None:
         assert max(len(b) for b in runner.batches) > 1
 
     asyncio.run(scenario())
+
+
+def test_fast_batches_run_on_the_event_loop_slow_ones_in_the_executor() -> None:
+    threads: list[str] = []
+
+    def runner(payloads: Sequence[float]) -> list[float]:
+        threads.append(threading.current_thread().name)
+        time.sleep(payloads[0])
+        return list(payloads)
+
+    async def scenario(inline_below_s: float) -> None:
+        batcher: Batcher[float, float] = Batcher(
+            runner,
+            executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
+            max_rows=8,
+            max_delay_s=0,
+            max_queue=8,
+            inline_below_s=inline_below_s,
+        )
+        await batcher.submit(0.0, 1, far())  # first batch: no estimate yet, executor
+        await batcher.submit(0.0, 1, far())  # measured fast: inline
+        await batcher.submit(0.05, 1, far())  # still estimated fast: inline, measured slow
+        await batcher.submit(0.0, 1, far())  # estimated slow now: executor
+
+    asyncio.run(scenario(inline_below_s=0.01))
+    assert [t.startswith("compute") for t in threads] == [True, False, False, True]
+    threads.clear()
+    asyncio.run(scenario(inline_below_s=0.0))
+    assert all(t.startswith("compute") for t in threads)
