@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Loading runs parity probes on every model: keep it off the event loop.
     app.state.registry = await asyncio.to_thread(load_registry, settings)
     app.state.dispatcher = LocalDispatcher(settings)
+    # Everything loaded so far (libraries, models) lives as long as the process: move it out
+    # of the collector's reach, or each full collection walks it (torch alone is hundreds of
+    # thousands of objects) and stalls every in-flight request.
+    gc.collect()
+    gc.freeze()
     log.info(
         "serving %d model(s) from %s; %d unavailable",
         sum(len(v) for v in app.state.registry.models.values()),
