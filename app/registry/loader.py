@@ -117,15 +117,20 @@ def _onnx_backend(manifest: Manifest, directory: Path, settings: Settings) -> En
     artifacts = manifest.artifacts
     assert artifacts.energy_onnx is not None
     score = directory / artifacts.score_onnx.file if artifacts.score_onnx else None
-    return OnnxBackend(directory / artifacts.energy_onnx.file, score, settings.intra_op_threads)
+    decoder = directory / artifacts.decoder_onnx.file if artifacts.decoder_onnx else None
+    return OnnxBackend(
+        directory / artifacts.energy_onnx.file, score, decoder, settings.intra_op_threads
+    )
 
 
 def _torch_backend(manifest: Manifest, directory: Path, settings: Settings) -> EnergyBackend:
     from app.registry.backends.torch import TorchBackend
 
-    assert manifest.artifacts.energy_pt2 is not None
+    artifacts = manifest.artifacts
+    assert artifacts.energy_pt2 is not None
     return TorchBackend(
-        directory / manifest.artifacts.energy_pt2.file,
+        directory / artifacts.energy_pt2.file,
+        directory / artifacts.decoder_pt2.file if artifacts.decoder_pt2 else None,
         manifest.input_names,
         manifest.grad_names,
         settings.intra_op_threads,

@@ -59,6 +59,8 @@ class TensorSpec(_Strict):
             raise ValueError("every low bound must be below its high bound")
         if self.kind == "discrete" and self.num_classes is None:
             raise ValueError("a discrete input needs num_classes")
+        if self.kind == "discrete" and self.shape != [1]:
+            raise ValueError("a discrete input holds one label per row: shape [1]")
         return self
 
 
@@ -73,11 +75,17 @@ class Artifacts(_Strict):
         None, description="Energy-only graph (ONNX), used when no gradient is asked for."
     )
     energy_pt2: Artifact | None = Field(None, description="Energy as a torch.export program.")
+    decoder_onnx: Artifact | None = Field(None, description="y = Dec(x, z) (ONNX), latent models.")
+    decoder_pt2: Artifact | None = Field(None, description="y = Dec(x, z) (torch.export).")
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Artifacts:
         if self.energy_onnx is None and self.energy_pt2 is None:
             raise ValueError("a model needs energy_onnx or energy_pt2")
+        if (self.decoder_onnx is None) != (self.decoder_pt2 is None) and not (
+            self.energy_onnx is None or self.energy_pt2 is None
+        ):
+            raise ValueError("a decoder needs the same formats as the energy: onnx and pt2")
         return self
 
 
@@ -126,6 +134,7 @@ class Probe(_Strict):
     inputs: dict[str, list[Any]]
     energy: list[float]
     grads: dict[str, list[Any]] = Field(default_factory=dict, description="dE/d<input>.")
+    decoded: list[Any] | None = Field(None, description="Dec(x, z) of the probe's x and z.")
 
 
 class Manifest(_Strict):
@@ -144,6 +153,15 @@ class Manifest(_Strict):
     card: Card
     probe: Probe | None = None
 
+    @model_validator(mode="after")
+    def _latent_rules(self) -> Manifest:
+        has_decoder = self.artifacts.decoder_onnx or self.artifacts.decoder_pt2
+        if has_decoder and self.z is None:
+            raise ValueError("a decoder needs a latent z spec")
+        if self.z is not None and self.z.prior is None:
+            raise ValueError("a latent z needs a prior (normal, uniform or categorical)")
+        return self
+
     @property
     def input_names(self) -> list[str]:
         """Inputs of the energy graphs, in order; y is always last-but-latent."""
@@ -152,6 +170,11 @@ class Manifest(_Strict):
         if self.z is not None:
             names.append("z")
         return names
+
+    @property
+    def decoder_input_names(self) -> list[str]:
+        """Inputs of the decoder graphs: x (conditional models) and z."""
+        return [n for n in ("x", "z") if n in self.input_names]
 
     @property
     def grad_names(self) -> list[str]:

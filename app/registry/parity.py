@@ -55,10 +55,20 @@ def _raise_if_apart(diffs: Mapping[str, float], rtol: float, what: str) -> dict[
     return dict(diffs)
 
 
+def _decoder_inputs(manifest: Manifest, inputs: Mapping[str, Array]) -> dict[str, Array]:
+    return {n: inputs[n] for n in manifest.decoder_input_names}
+
+
 def check_probe(backend: EnergyBackend, manifest: Manifest, rtol: float) -> dict[str, float]:
-    """The backend reproduces the energies and gradients torch computed at export."""
-    actual = backend.energy(probe_inputs(manifest), grad=bool(manifest.grad_names))
+    """The backend reproduces the energies, gradients (and decoded y) of the export."""
+    assert manifest.probe is not None
+    inputs = probe_inputs(manifest)
+    actual = backend.energy(inputs, grad=bool(manifest.grad_names))
     diffs = compare_outputs(actual, expected_probe_output(manifest))
+    if manifest.probe.decoded is not None:
+        decoded = backend.decode(_decoder_inputs(manifest, inputs))
+        expected = np.asarray(manifest.probe.decoded, dtype=np.float32)
+        diffs["decoded"] = relative_difference(decoded, expected)
     return _raise_if_apart(diffs, rtol, f"{backend.name} backend vs export-time probe")
 
 
@@ -69,4 +79,9 @@ def check_agreement(
     inputs = probe_inputs(manifest)
     grad = bool(manifest.grad_names)
     diffs = compare_outputs(first.energy(inputs, grad), second.energy(inputs, grad))
+    if first.has_decoder or second.has_decoder:
+        decoder_inputs = _decoder_inputs(manifest, inputs)
+        diffs["decoded"] = relative_difference(
+            first.decode(decoder_inputs), second.decode(decoder_inputs)
+        )
     return _raise_if_apart(diffs, rtol, f"{first.name} vs {second.name} backend")

@@ -93,7 +93,14 @@ def export_onnx(
     path: Path,
     grad_names: Sequence[str] = ("y",),
 ) -> None:
-    """Write the energy and its gradients (outputs ``grad_<name>``) as one ONNX graph."""
+    """Write the energy and its gradients (outputs ``grad_<name>``) as one ONNX graph.
+
+    An energy with no continuous input to differentiate (a discrete y) is written as its
+    forward graph alone.
+    """
+    if not grad_names:
+        export_onnx_score(module, example_inputs, input_names, path)
+        return
     grad_indices = [list(input_names).index(n) for n in grad_names]
     graph_module = trace_energy_and_grad(module.eval(), example_inputs, grad_indices)
     _onnx_export(
@@ -119,6 +126,16 @@ def export_onnx_score(
     _onnx_export(
         _Positional(module.eval(), input_names), example_inputs, input_names, ["energy"], path
     )
+
+
+def export_decoder_onnx(
+    decoder: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    path: Path,
+) -> None:
+    """Write y = Dec(x, z) (or Dec(z)) as an ONNX graph with output ``y``."""
+    _onnx_export(_Positional(decoder.eval(), input_names), example_inputs, input_names, ["y"], path)
 
 
 def _onnx_export(

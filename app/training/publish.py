@@ -32,14 +32,31 @@ from app.registry.manifest import (
     TensorSpec,
     Training,
 )
-from app.training.export import export_onnx, export_onnx_score, export_pt2
+from app.training.export import (
+    export_decoder_onnx,
+    export_onnx,
+    export_onnx_score,
+    export_pt2,
+)
 
 ENERGY_ONNX = "energy.onnx"
 SCORE_ONNX = "score.onnx"
 ENERGY_PT2 = "energy.pt2"
+DECODER_ONNX = "decoder.onnx"
+DECODER_PT2 = "decoder.pt2"
 
 
-def _probe(module: nn.Module, inputs: Mapping[str, torch.Tensor], grad_names: list[str]) -> Probe:
+def _probe(
+    module: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    grad_names: list[str],
+    decoder: nn.Module | None,
+    decoder_inputs: list[str],
+) -> Probe:
+    decoded = None
+    if decoder is not None:
+        with torch.no_grad():
+            decoded = decoder(*(inputs[n] for n in decoder_inputs)).tolist()
     with torch.enable_grad():
         leaves = {n: t.detach().clone().requires_grad_(n in grad_names) for n, t in inputs.items()}
         energy = module(*leaves.values())
@@ -50,6 +67,7 @@ def _probe(module: nn.Module, inputs: Mapping[str, torch.Tensor], grad_names: li
         inputs={n: t.tolist() for n, t in inputs.items()},
         energy=energy.detach().tolist(),
         grads={n: g.tolist() for n, g in zip(grad_names, grads, strict=True)},
+        decoded=decoded,
     )
 
 
@@ -69,11 +87,13 @@ def publish(
     description: str = "",
     inference: InferenceDefaults | None = None,
     batching: Batching | None = None,
+    decoder: nn.Module | None = None,
 ) -> LoadedModel:
     """Export ``module`` (inputs in the order x, y, z) and write ``models_dir/name/version``.
 
     ``probe_inputs`` holds a few rows per input (at least 2, so no batch size of 1 gets
     specialised into the traced graphs) in the order of the module's arguments.
+    ``decoder`` (latent models) maps ``(x, z)``, or ``z`` for unconditional models, to y.
     """
     module = module.eval()
     out = models_dir / name / str(version)
@@ -88,8 +108,15 @@ def publish(
         n for n in ("y", "z") if n in input_names and (s := specs[n]) and s.kind == "continuous"
     ]
     export_onnx(module, examples, input_names, out / ENERGY_ONNX, grad_names)
-    export_onnx_score(module, examples, input_names, out / SCORE_ONNX)
+    if grad_names:  # without gradients energy.onnx is already the forward graph
+        export_onnx_score(module, examples, input_names, out / SCORE_ONNX)
     export_pt2(module, examples, input_names, out / ENERGY_PT2)
+    decoder_inputs: list[str] = [n for n in ("x", "z") if n in input_names]
+    if decoder is not None:
+        decoder = decoder.eval()
+        decoder_examples = [probe_inputs[n] for n in decoder_inputs]
+        export_decoder_onnx(decoder, decoder_examples, decoder_inputs, out / DECODER_ONNX)
+        export_pt2(decoder, decoder_examples, decoder_inputs, out / DECODER_PT2)
 
     def artifact(file: str) -> Artifact:
         return Artifact(file=file, sha256=sha256_of(out / file))
@@ -103,15 +130,17 @@ def publish(
         z=z,
         artifacts=Artifacts(
             energy_onnx=artifact(ENERGY_ONNX),
-            score_onnx=artifact(SCORE_ONNX),
+            score_onnx=artifact(SCORE_ONNX) if grad_names else None,
             energy_pt2=artifact(ENERGY_PT2),
+            decoder_onnx=artifact(DECODER_ONNX) if decoder is not None else None,
+            decoder_pt2=artifact(DECODER_PT2) if decoder is not None else None,
         ),
         inference=inference or InferenceDefaults(),
         batching=batching or Batching(),
         training=training,
         metrics=dict(metrics),
         card=card,
-        probe=_probe(module, probe_inputs, grad_names),
+        probe=_probe(module, probe_inputs, grad_names, decoder, decoder_inputs),
     )
     if manifest.input_names != input_names:
         raise ValueError(f"probe inputs {input_names} must be {manifest.input_names}")

@@ -26,3 +26,10 @@ class EnergyBackend(Protocol):
     def energy(self, inputs: Mapping[str, Array], grad: bool) -> EnergyOutput:
         """Energies of a batch; with ``grad`` also dE/d(input) for each differentiable input."""
         ...
+
+    @property
+    def has_decoder(self) -> bool: ...
+
+    def decode(self, inputs: Mapping[str, Array]) -> Array:
+        """y = Dec(x, z) ``[B, *y]`` for latent models with a decoder (inputs x?, z)."""
+        ...

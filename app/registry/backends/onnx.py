@@ -31,9 +31,16 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, grad_graph: Path, score_graph: Path | None, intra_op_threads: int) -> None:
+    def __init__(
+        self,
+        grad_graph: Path,
+        score_graph: Path | None,
+        decoder_graph: Path | None,
+        intra_op_threads: int,
+    ) -> None:
         self._grad = _session(grad_graph, intra_op_threads)
         self._score = _session(score_graph, intra_op_threads) if score_graph else None
+        self._decoder = _session(decoder_graph, intra_op_threads) if decoder_graph else None
         self._grad_outputs = [o.name for o in self._grad.get_outputs()]
         if not self._grad_outputs or self._grad_outputs[0] != "energy":
             raise BackendError(f"{grad_graph.name} must have 'energy' as its first output")
@@ -51,3 +58,14 @@ class OnnxBackend:
             for name, value in zip(self._grad_outputs[1:], outputs[1:], strict=True)
         }
         return EnergyOutput(energy=outputs[0], grads=grads)
+
+    @property
+    def has_decoder(self) -> bool:
+        return self._decoder is not None
+
+    def decode(self, inputs: Mapping[str, Array]) -> Array:
+        if self._decoder is None:
+            raise BackendError("this model has no decoder")
+        (y,) = self._decoder.run(["y"], dict(inputs))
+        decoded: Array = y
+        return decoded
