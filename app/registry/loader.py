@@ -150,10 +150,16 @@ def _usable_backends(manifest: Manifest) -> dict[str, BackendFactory]:
     return usable
 
 
-def load_version(directory: Path, settings: Settings) -> LoadedModel:
-    """Load one version directory; raises EBMError with the reason when it cannot serve."""
+def load_version(
+    directory: Path, settings: Settings, expected_dir: Path | None = None
+) -> LoadedModel:
+    """Load one version directory; raises EBMError with the reason when it cannot serve.
+
+    ``expected_dir`` is where the version will live when it is checked in a staging folder.
+    """
     manifest = read_manifest(directory / MANIFEST_FILE)
-    name, version = directory.parent.name, directory.name
+    home = expected_dir or directory
+    name, version = home.parent.name, home.name
     if manifest.name != name or str(manifest.version) != version:
         raise ManifestError(
             f"manifest says {manifest.name}/{manifest.version} but lives in {name}/{version}"

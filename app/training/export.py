@@ -14,9 +14,10 @@ Two artifacts are written per model version:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,28 @@ def trace_energy_and_grad(
             grads = torch.autograd.grad(energy.sum(), [inputs[i] for i in grad_indices])
         return (energy.detach(), *(g.detach() for g in grads))
 
-    graph = make_fx(
-        energy_and_grad,
-        tracing_mode="symbolic",
-        decomposition_table=dict(core_aten_decompositions()),
-    )(*weights, *example_inputs)
+    with _quiet():
+        graph = make_fx(
+            energy_and_grad,
+            tracing_mode="symbolic",
+            decomposition_table=dict(core_aten_decompositions()),
+        )(*weights, *example_inputs)
     return _EnergyAndGrad(graph, weights)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' warnings about their own internals (tree specs, axis renaming,
+    optional torchvision ops): noise in every recipe's output, nothing a recipe can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        previous = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.getLogger("torch.onnx").setLevel(previous)
 
 
 def _dynamic_batch(n_inputs: int) -> tuple[dict[int, Any], ...]:
@@ -145,11 +162,7 @@ def _onnx_export(
     output_names: Sequence[str],
     path: Path,
 ) -> None:
-    with warnings.catch_warnings():
-        # The exporter warns about its own internals (tree specs, axis renaming); noise here.
-        warnings.simplefilter("ignore", category=FutureWarning)
-        warnings.simplefilter("ignore", category=UserWarning)
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with _quiet():
         torch.onnx.export(
             module,
             tuple(example_inputs),

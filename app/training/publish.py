@@ -96,12 +96,18 @@ def publish(
     ``decoder`` (latent models) maps ``(x, z)``, or ``z`` for unconditional models, to y.
     """
     module = module.eval()
-    out = models_dir / name / str(version)
+    input_names = list(probe_inputs)
+    expected = [n for n, spec in (("x", x), ("y", y), ("z", z)) if spec is not None]
+    if input_names != expected:  # checked before the (slow) exports
+        raise ValueError(f"probe inputs {input_names} must be {expected}, in that order")
+    final = models_dir / name / str(version)
+    # Export into a staging folder and swap it in only after the round trip succeeded: a
+    # failed export never destroys the version that was there.
+    out = final.with_name(f".{final.name}.staging")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
-    input_names = list(probe_inputs)
     examples = [probe_inputs[n] for n in input_names]
     specs = {"x": x, "y": y, "z": z}
     grad_names: list[str] = [
@@ -142,9 +148,16 @@ def publish(
         card=card,
         probe=_probe(module, probe_inputs, grad_names, decoder, decoder_inputs),
     )
-    if manifest.input_names != input_names:
-        raise ValueError(f"probe inputs {input_names} must be {manifest.input_names}")
     payload: dict[str, Any] = manifest.model_dump(mode="json", exclude_none=True)
     (out / MANIFEST_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     # Round trip: hashes, both backends, probe parity; raises if the service would refuse it.
-    return load_version(out, Settings(models_dir=models_dir, backend=BackendChoice.AUTO))
+    # Explicit settings: EBM_* variables of the shell must not loosen the check.
+    settings = Settings(
+        models_dir=models_dir, backend=BackendChoice.AUTO, parity_rtol=1e-4, intra_op_threads=1
+    )
+    model = load_version(out, settings, expected_dir=final)
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    model.directory = final  # the sessions already hold the graphs; only the path moved
+    return model
