@@ -59,12 +59,35 @@ def _decoder_inputs(manifest: Manifest, inputs: Mapping[str, Array]) -> dict[str
     return {n: inputs[n] for n in manifest.decoder_input_names}
 
 
+def _batch_size_diffs(
+    backend: EnergyBackend, manifest: Manifest, inputs: Mapping[str, Array]
+) -> dict[str, float]:
+    """The probe rows at batch sizes 1 and 13 must give the probe's energies too.
+
+    A tracer can tie the batch axis to a per-row dimension of the same size (an 8-row probe
+    of 8x8 images froze the batch at 8); the probe's own size would never show it.
+    """
+    expected = expected_probe_output(manifest).energy
+    rows = len(expected)
+    diffs: dict[str, float] = {}
+    for size in (1, 13):
+        index = np.arange(size) % rows
+        tiled = {n: np.ascontiguousarray(v[index]) for n, v in inputs.items()}
+        try:
+            energy = backend.energy(tiled, grad=bool(manifest.grad_names)).energy
+        except Exception as exc:  # a frozen batch axis fails inside the runtime
+            raise BackendError(f"{backend.name} backend fails at batch size {size}: {exc}") from exc
+        diffs[f"energy_batch_{size}"] = relative_difference(energy, expected[index])
+    return diffs
+
+
 def check_probe(backend: EnergyBackend, manifest: Manifest, rtol: float) -> dict[str, float]:
     """The backend reproduces the energies, gradients (and decoded y) of the export."""
     assert manifest.probe is not None
     inputs = probe_inputs(manifest)
     actual = backend.energy(inputs, grad=bool(manifest.grad_names))
     diffs = compare_outputs(actual, expected_probe_output(manifest))
+    diffs.update(_batch_size_diffs(backend, manifest, inputs))
     if manifest.probe.decoded is not None:
         decoded = backend.decode(_decoder_inputs(manifest, inputs))
         expected = np.asarray(manifest.probe.decoded, dtype=np.float32)

@@ -91,8 +91,10 @@ def publish(
 ) -> LoadedModel:
     """Export ``module`` (inputs in the order x, y, z) and write ``models_dir/name/version``.
 
-    ``probe_inputs`` holds a few rows per input (at least 2, so no batch size of 1 gets
-    specialised into the traced graphs) in the order of the module's arguments.
+    ``probe_inputs`` holds a few rows per input in the order of the module's arguments: at
+    least 2 (so no batch size of 1 gets specialised into the traced graphs) and a count equal
+    to no per-row dimension (the tracer may tie equal sizes together). The round trip also
+    checks batch sizes 1 and 13.
     ``decoder`` (latent models) maps ``(x, z)``, or ``z`` for unconditional models, to y.
     """
     module = module.eval()
