@@ -12,7 +12,6 @@ Run it with `ebm train digits`, or `PYTHONPATH=. python models/digits/train.py [
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from torch import nn
 
 from app.registry.manifest import Batching, Card, InferenceDefaults, TensorSpec, Training
 from app.training.publish import publish
+from app.training.recipe import recipe_main
 
 PIXEL_MAX = 16.0  # load_digits() pixels are counts 0..16 (4x4 blocks of a 32x32 bitmap)
 N_CLASSES = 10
@@ -255,9 +255,4 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=Path(__file__).resolve().parent.parent)
-    parser.add_argument("--smoke", action="store_true", help="a few steps, to test the export")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    train(args.models_dir, smoke=args.smoke, seed=args.seed)
+    recipe_main(train, __file__, __doc__)
