@@ -12,7 +12,6 @@ Run it with `ebm train shapes`, or `PYTHONPATH=. python models/shapes/train.py [
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from app.registry.manifest import Batching, Card, InferenceDefaults, TensorSpec, Training
 from app.training.publish import publish
+from app.training.recipe import recipe_main
 
 # --- the simulator (plane units; every coordinate within +-BOUND) --------------------------
 M = N = 16  # points per demonstration (x) and per generated set (y)
@@ -673,9 +673,4 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=Path(__file__).resolve().parent.parent)
-    parser.add_argument("--smoke", action="store_true", help="a few steps, to test the export")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    train(args.models_dir, smoke=args.smoke, seed=args.seed)
+    recipe_main(train, __file__, __doc__)
