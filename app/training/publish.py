@@ -35,8 +35,8 @@ from app.registry.manifest import (
 from app.training.export import (
     export_decoder_onnx,
     export_onnx,
-    export_onnx_score,
     export_pt2,
+    extract_score_onnx,
 )
 
 ENERGY_ONNX = "energy.onnx"
@@ -117,7 +117,7 @@ def publish(
     ]
     export_onnx(module, examples, input_names, out / ENERGY_ONNX, grad_names)
     if grad_names:  # without gradients energy.onnx is already the forward graph
-        export_onnx_score(module, examples, input_names, out / SCORE_ONNX)
+        extract_score_onnx(out / ENERGY_ONNX, input_names, out / SCORE_ONNX)
     export_pt2(module, examples, input_names, out / ENERGY_PT2)
     decoder_inputs: list[str] = [n for n in ("x", "z") if n in input_names]
     if decoder is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from app.config import BackendChoice, Settings
@@ -50,3 +52,20 @@ def test_discrete_label_energy_has_no_gradient_graph(models: Path, backend: Back
     out = model.backend.energy({"x": x, "y": y}, grad=True)
     np.testing.assert_allclose(out.energy, [-1.0, -1.0, 0.5], atol=1e-6)
     assert out.grads == {}
+
+
+def test_score_graph_is_the_forward_half_of_the_gradient_graph(models: Path) -> None:
+    """score.onnx is cut out of energy.onnx: no backward nodes left, the same energies."""
+    version = models / "circle" / "1"
+    full, score = onnx.load(version / "energy.onnx"), onnx.load(version / "score.onnx")
+    assert [o.name for o in full.graph.output] == ["energy", "grad_y", "grad_z"]
+    assert [o.name for o in score.graph.output] == ["energy"]
+    assert len(score.graph.node) < len(full.graph.node)
+    rng = np.random.default_rng(0)
+    feed = {
+        "y": rng.normal(size=(13, 2)).astype(np.float32),
+        "z": rng.normal(size=(13, 1)).astype(np.float32),
+    }
+    (from_full,) = ort.InferenceSession(version / "energy.onnx").run(["energy"], feed)
+    (from_score,) = ort.InferenceSession(version / "score.onnx").run(None, feed)
+    np.testing.assert_array_equal(from_score, from_full)
