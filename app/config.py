@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
     )
+    max_search_cost: int = Field(
+        5_000_000,
+        ge=1,
+        description="Largest N x starts x steps one /predict, /sample or free-energy request "
+        "may ask for (413 beyond).",
+    )
     inline_below_ms: float = Field(
         0.5,
         ge=0,

@@ -7,7 +7,7 @@ the model's manifest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +57,97 @@ class EnergyResponse(BaseModel):
     energy: list[float] = Field(description="E(x, y) per row [N].")
     grad_y: NestedList | None = Field(None, description="dE/dy [N, *y_shape], with grad.")
     grad_z: NestedList | None = Field(None, description="dE/dz [N, *z_shape], with grad.")
+
+
+class SearchFields(BaseModel):
+    """Fields shared by /predict and /sample: fill-in-the-blanks, seed, budget, version."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    x: NestedList | None = Field(
+        None, description="Observations [N, *x_shape]; omit for unconditional models."
+    )
+    y_known: NestedList | None = Field(
+        None,
+        description="Fill in the blanks: values [N, *y_shape] of the observed components of "
+        "y (those where y_mask is true); the others are inferred. Needs y_mask.",
+    )
+    y_mask: NestedList | None = Field(
+        None, description="Booleans [N, *y_shape]: true where y_known is observed (clamped)."
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        description="Seeds every random draw: the same seed gives the same answer. "
+        "Default: a fresh seed, returned in stats.",
+    )
+    deadline_ms: float | None = Field(
+        None,
+        gt=0,
+        le=600_000,
+        description="Stop by then and return the best found so far, marked partial (504 if "
+        "nothing could start). Default: the server's request timeout.",
+    )
+    version: int | None = Field(None, ge=1, description="Model version; default the newest.")
+
+
+class PredictRequest(SearchFields):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"x": [[0.2, 20.0, 10.0]], "k": 2, "seed": 0},
+                {"x": [[0.2, 20.0, 10.0]], "method": "dfo", "num_starts": 512, "seed": 1},
+            ]
+        },
+    )
+
+    k: int | None = Field(None, ge=1, le=1000, description="Predictions per x, at most.")
+    method: Literal["auto", "gd", "langevin", "dfo", "enumerate"] | None = Field(
+        None, description="Optimiser; auto = what the model's manifest says suits it."
+    )
+    num_starts: int | None = Field(
+        None, ge=1, le=65_536, description="Candidates per x (starts; dfo: population)."
+    )
+    steps: int | None = Field(
+        None, ge=0, le=100_000, description="Iterations (dfo: resampling rounds)."
+    )
+    step_size: float | None = Field(
+        None, gt=0, le=1e6, description="gd: first Adam step; langevin: first step size."
+    )
+    noise_scale: float | None = Field(
+        None, ge=0, le=1e6, description="langevin: noise multiplier; dfo: first jitter std."
+    )
+    temperature: float | None = Field(
+        None, gt=0, le=1e6, description="T of softmax(-E/T): mode masses, dfo resampling."
+    )
+    merge_radius: float | None = Field(
+        None, gt=0, le=1e6, description="Candidates closer than this in y merge into a mode."
+    )
+    tol: float | None = Field(
+        None, ge=0, le=1e6, description="Stop once every start's gradient norm is below this."
+    )
+    return_trajectory: bool = Field(False, description="Also return each prediction's path.")
+
+
+class Prediction(BaseModel):
+    y: NestedList
+    energy: float
+    z: NestedList | int | None = Field(None, description="Latent of the prediction, if any.")
+    mass: float = Field(description="Share of softmax(-E/T) of the candidates merged into it.")
+    converged: bool | None = Field(
+        None, description="Gradient norm below tol at the end (null for gradient-free methods)."
+    )
+    trajectory: list[NestedList] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[list[Prediction]] = Field(description="Per x, lowest energy first.")
+    stats: dict[str, Any] = Field(description="Method, steps run, candidates, time, seed.")
 
 
 class ModelSummary(BaseModel):

@@ -16,12 +16,12 @@ from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
 
 router = APIRouter(prefix="/v1/models", tags=["scoring"], route_class=OrjsonRoute)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": what}
     for code, what in {
         400: "Body is not valid JSON.",
         404: "Unknown model or version.",
-        413: "Too many rows in one request.",
+        413: "Too many rows, or a search beyond EBM_MAX_SEARCH_COST.",
         422: "Wrong shape, dtype, NaN/Inf, missing or unknown field.",
         429: "Queue full; retry after Retry-After seconds.",
         503: "Model unavailable or server shutting down.",
@@ -33,7 +33,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/{name}/energy",
     response_model=EnergyResponse,
-    responses=_ERRORS,
+    responses=ERRORS,
     summary="Energies of (x, y) pairs; low means compatible.",
 )
 async def energy(

@@ -128,3 +128,55 @@ def pair_inputs(
 
 def _row_count(data: Any) -> int:
     return len(data) if isinstance(data, list) else 0
+
+
+def to_mask(name: str, data: Any, spec: TensorSpec, model: str) -> np.ndarray:
+    """``data`` as a boolean array ``[N, *spec.shape]`` (true/false only, no numbers)."""
+    expected = _expected(spec)
+    try:
+        leaves = _leaf_types(data, 1 + len(spec.shape))
+    except TypeError:
+        leaves = {list}
+    if leaves != {bool}:
+        raise InvalidInput(
+            f"{name} must be nested lists of true/false of shape {expected} for model '{model}'"
+        )
+    mask = np.array(data, dtype=bool)
+    if tuple(mask.shape[1:]) != tuple(spec.shape):
+        shape = "[" + ", ".join(map(str, mask.shape)) + "]"
+        raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
+    return mask
+
+
+def known_components(
+    manifest: Manifest, y_known: Any, y_mask: Any, rows: int | None
+) -> tuple[Array | None, np.ndarray | None]:
+    """Fill-in-the-blanks inputs, flattened ``[N, Dy]``: values and the observed mask."""
+    model, spec = manifest.name, manifest.y
+    if y_known is None and y_mask is None:
+        return None, None
+    if y_known is None or y_mask is None:
+        raise InvalidInput("y_known and y_mask go together: give both or neither")
+    if spec.kind == "discrete":
+        raise InvalidInput(
+            f"model '{model}' has a discrete y (one label per row): there is nothing to fill in"
+        )
+    known = to_batch("y_known", y_known, spec, model)
+    mask = to_mask("y_mask", y_mask, spec, model)
+    if len(mask) != len(known) or (rows is not None and len(known) != rows):
+        raise InvalidInput(
+            f"y_known has {len(known)} rows and y_mask {len(mask)}; "
+            f"both need one row per x ({rows if rows is not None else len(known)})"
+        )
+    known, mask = known.reshape(len(known), -1), mask.reshape(len(mask), -1)
+    low = np.asarray(spec.low if spec.low is not None else -np.inf, np.float32)
+    high = np.asarray(spec.high if spec.high is not None else np.inf, np.float32)
+    outside = mask & ((known < low) | (known > high))
+    if outside.any():
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        raise InvalidInput(
+            f"y_known row {row} component {col} is {float(known[row, col]):g}, outside the "
+            f"bounds [{float(np.broadcast_to(low, known.shape[1:])[col]):g}, "
+            f"{float(np.broadcast_to(high, known.shape[1:])[col]):g}] of model '{model}'"
+        )
+    return known, mask

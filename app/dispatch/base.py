@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from app.inference.predict import PredictOutcome
 from app.inference.scoring import ScoreJob
+from app.inference.search import SearchJob
 from app.registry.backends.base import EnergyOutput
 from app.registry.loader import LoadedModel
 
@@ -14,6 +16,10 @@ class Dispatcher(Protocol):
         self, model: LoadedModel, job: ScoreJob, grad: bool, deadline: float
     ) -> EnergyOutput:
         """Energies (and gradients) of ``job``'s pairs; ``deadline`` in ``loop.time()`` s."""
+        ...
+
+    async def predict(self, model: LoadedModel, job: SearchJob) -> PredictOutcome:
+        """The k lowest-energy modes per x; ``job.deadline`` in ``time.monotonic()`` s."""
         ...
 
     async def close(self) -> None:

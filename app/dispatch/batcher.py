@@ -37,6 +37,9 @@ R = TypeVar("R")  # what comes back for one job
 
 #: Runs a batch in a compute thread; returns one result per payload, in order.
 BatchRunner = Callable[[Sequence[P]], Sequence[R]]
+#: A runner that may also hand job i's result over early, through ``deliver(i, result)``
+#: (a search stops some jobs before others: they need not wait for the whole batch).
+EarlyRunner = Callable[[Sequence[P], Callable[[int, R], None]], Sequence[R]]
 
 log = logging.getLogger("ebm.batcher")
 
@@ -63,8 +66,9 @@ class BatcherStats:
 class Batcher(Generic[P, R]):
     def __init__(
         self,
-        runner: BatchRunner[P, R],
+        runner: BatchRunner[P, R] | None = None,
         *,
+        early_runner: EarlyRunner[P, R] | None = None,
         executor: Executor,
         max_rows: int,
         max_delay_s: float,
@@ -72,7 +76,10 @@ class Batcher(Generic[P, R]):
         inline_below_s: float = 0.0,
         name: str = "batcher",
     ) -> None:
+        if (runner is None) == (early_runner is None):
+            raise ValueError("give exactly one of runner and early_runner")
         self._runner = runner
+        self._early_runner = early_runner
         self._executor = executor
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
@@ -176,6 +183,19 @@ class Batcher(Generic[P, R]):
                 rows = self._take_fitting(batch, rows)
         return batch
 
+    def _batch_call(
+        self, live: list[Job[P, R]], loop: asyncio.AbstractEventLoop
+    ) -> Callable[[Sequence[P]], Sequence[R]]:
+        if self._runner is not None:
+            return self._runner
+        early = self._early_runner
+        assert early is not None
+
+        def deliver(i: int, result: R) -> None:  # from the compute thread
+            loop.call_soon_threadsafe(_resolve, live[i].future, result)
+
+        return lambda payloads: early(payloads, deliver)
+
     def _expected_s(self, rows: int) -> float:
         """The last batch's duration scaled to ``rows``; unknown (inf) before the first."""
         if not self._last_batch_rows:
@@ -200,11 +220,12 @@ class Batcher(Generic[P, R]):
         rows = sum(job.rows for job in live)
         payloads = [job.payload for job in live]
         started = time.monotonic()
+        call = self._batch_call(live, loop)
         try:
             if self._expected_s(rows) < self.inline_below_s:
-                results = self._runner(payloads)
+                results = call(payloads)
             else:
-                results = await loop.run_in_executor(self._executor, self._runner, payloads)
+                results = await loop.run_in_executor(self._executor, call, payloads)
         except Exception as exc:  # one bad batch must not stop the loop; callers get the error
             log.exception("%s: batch of %d jobs failed", self.name, len(live))
             for job in live:
@@ -219,5 +240,9 @@ class Batcher(Generic[P, R]):
         self.stats.rows += rows
         self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
         for job, result in zip(live, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(result)
+            _resolve(job.future, result)
+
+
+def _resolve(future: asyncio.Future[R], result: R) -> None:
+    if not future.done():  # expired, cancelled, or already handed over early
+        future.set_result(result)

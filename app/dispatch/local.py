@@ -8,7 +8,9 @@ from typing import Any
 from app.config import Settings
 from app.dispatch.batcher import Batcher, BatcherStats
 from app.errors import ShuttingDown
+from app.inference.predict import PredictOutcome, predict_runner
 from app.inference.scoring import ScoreJob, score_runner
+from app.inference.search import SearchJob
 from app.registry.backends.base import EnergyOutput
 from app.registry.loader import LoadedModel
 
@@ -32,13 +34,15 @@ class LocalDispatcher:
         self._batchers: dict[tuple[str, int, str], Batcher[Any, Any]] = {}
         self._closed = False
 
-    def _batcher(self, model: LoadedModel, op: str, grad: bool) -> Batcher[Any, Any]:
+    def _batcher(self, model: LoadedModel, op: str, grad: bool = False) -> Batcher[Any, Any]:
         key = (model.name, model.version, op)
         batcher = self._batchers.get(key)
         if batcher is None:
             max_rows, max_delay_s = batching_limits(model, self._settings)
+            searching = op.startswith("predict:")
             batcher = Batcher(
-                score_runner(model.backend, grad),
+                None if searching else score_runner(model.backend, grad),
+                early_runner=predict_runner(model) if searching else None,
                 executor=self._executor,
                 max_rows=max_rows,
                 max_delay_s=max_delay_s,
@@ -56,6 +60,13 @@ class LocalDispatcher:
             raise ShuttingDown("the server is shutting down and takes no new work")
         op = "energy+grad" if grad else "energy"
         result: EnergyOutput = await self._batcher(model, op, grad).submit(job, job.rows, deadline)
+        return result
+
+    async def predict(self, model: LoadedModel, job: SearchJob) -> PredictOutcome:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and takes no new work")
+        batcher = self._batcher(model, f"predict:{job.params.method}")
+        result: PredictOutcome = await batcher.submit(job, job.rows, job.deadline)
         return result
 
     def stats(self) -> dict[str, BatcherStats]:

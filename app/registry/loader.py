@@ -26,7 +26,7 @@ from app.errors import (
 from app.registry.backends.base import EnergyBackend
 from app.registry.hashing import sha256_of
 from app.registry.manifest import MANIFEST_FILE, NAME_PATTERN, Artifact, Manifest, read_manifest
-from app.registry.parity import check_agreement, check_probe
+from app.registry.parity import check_agreement, check_probe, rows_independent
 
 log = logging.getLogger("ebm.registry")
 
@@ -37,6 +37,9 @@ class LoadedModel:
     directory: Path
     backend: EnergyBackend
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
+    # A row's outputs do not depend on the batch around it: searches may coalesce seeded
+    # requests and still replay them bit for bit (see parity.rows_independent).
+    rows_independent: bool = False
 
     @property
     def name(self) -> str:
@@ -180,6 +183,7 @@ def load_version(
     model = LoadedModel(manifest=manifest, directory=directory, backend=backend)
     if manifest.probe is not None:
         model.parity[f"{wanted}_vs_probe"] = check_probe(backend, manifest, settings.parity_rtol)
+        model.rows_independent = rows_independent(backend, manifest)
     # The other backend, when it can run here, must agree too: a model is only served when
     # its two artifacts describe the same energy.
     for other_name, factory in usable.items():

@@ -35,6 +35,9 @@ class TensorSpec(_Strict):
     names: list[str] | None = Field(None, description="Component names, one per component.")
     num_classes: int | None = Field(None, ge=2, description="Values of a discrete input.")
     prior: Literal["normal", "uniform", "categorical"] | None = None
+    periodic: bool = Field(
+        False, description="Values wrap around from high to low (an angle); needs bounds."
+    )
     description: str = ""
 
     @property
@@ -57,6 +60,8 @@ class TensorSpec(_Strict):
             and any(lo >= hi for lo, hi in zip(self.low, self.high, strict=True))
         ):
             raise ValueError("every low bound must be below its high bound")
+        if self.periodic and (self.low is None or self.high is None):
+            raise ValueError("a periodic input needs low and high bounds (its period)")
         if self.kind == "discrete" and self.num_classes is None:
             raise ValueError("a discrete input needs num_classes")
         if self.kind == "discrete" and self.shape != [1]:
@@ -89,10 +94,27 @@ class Artifacts(_Strict):
         return self
 
 
-class InferenceDefaults(_Strict):
-    """Defaults of the optimisation endpoints; requests may override each."""
+Method = Literal["gd", "langevin", "dfo", "enumerate"]
 
-    method: str = "auto"
+
+class MethodSettings(_Strict):
+    """One optimiser's settings for this model; unset fields fall back (see InferenceDefaults)."""
+
+    num_starts: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=0)
+    step_size: float | None = Field(None, gt=0)
+    noise_scale: float | None = Field(None, ge=0)
+
+
+class InferenceDefaults(_Strict):
+    """Defaults of the optimisation endpoints; requests may override each.
+
+    ``num_starts``, ``steps``, ``step_size`` and ``noise_scale`` at the top level belong to
+    the default ``method``; ``methods`` holds them for other methods. A method the manifest
+    says nothing about gets the service's built-in settings for it.
+    """
+
+    method: Literal["auto", "gd", "langevin", "dfo", "enumerate"] = "auto"
     k: int = Field(2, ge=1)
     num_starts: int = Field(64, ge=1)
     steps: int = Field(100, ge=0)
@@ -100,6 +122,14 @@ class InferenceDefaults(_Strict):
     noise_scale: float = Field(0.0, ge=0)
     temperature: float = Field(1.0, gt=0)
     merge_radius: float = Field(0.1, gt=0)
+    tol: float = Field(
+        1e-3, ge=0, description="Stop early once every start's gradient norm is below this."
+    )
+    beta: float = Field(1.0, gt=0, description="Inverse temperature of the marginal free energy.")
+    num_samples: int = Field(
+        256, ge=1, description="Prior samples of a continuous z for the marginal free energy."
+    )
+    methods: dict[Method, MethodSettings] = Field(default_factory=dict)
 
 
 class Batching(_Strict):

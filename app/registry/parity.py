@@ -108,3 +108,27 @@ def check_agreement(
             first.decode(decoder_inputs), second.decode(decoder_inputs)
         )
     return _raise_if_apart(diffs, rtol, f"{first.name} vs {second.name} backend")
+
+
+def rows_independent(backend: EnergyBackend, manifest: Manifest) -> bool:
+    """Whether a row's energy and gradients are the same bits whatever batch it is in.
+
+    Kernels may pick another code path by batch size (torch's matrix-vector path at one
+    row, blocking at a few rows), and then a search coalesced with other requests would not
+    replay a lone one bit for bit. Checked on the probe rows tiled to 97, cut at 1, 8 and 40.
+    """
+    if manifest.probe is None:
+        return False
+    inputs = probe_inputs(manifest)
+    rows = len(manifest.probe.energy)
+    index = np.arange(97) % rows
+    tiled = {n: np.ascontiguousarray(v[index]) for n, v in inputs.items()}
+    grad = bool(manifest.grad_names)
+    whole = backend.energy(tiled, grad)
+    for a, b in ((0, 1), (1, 8), (8, 40), (40, 97)):
+        part = backend.energy({n: v[a:b] for n, v in tiled.items()}, grad)
+        if not np.array_equal(part.energy, whole.energy[a:b]):
+            return False
+        if any(not np.array_equal(g, whole.grads[n][a:b]) for n, g in part.grads.items()):
+            return False
+    return True

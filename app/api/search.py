@@ -1,0 +1,43 @@
+"""Request checks shared by the search endpoints (/predict, /sample, free energies)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.api.tensors import to_batch
+from app.config import Settings
+from app.errors import InvalidInput, PayloadTooLarge
+from app.registry.backends.base import Array
+from app.registry.manifest import Manifest
+
+
+def observations(manifest: Manifest, x: Any, y_known: Any) -> tuple[Array | None, int]:
+    """The x batch (None for unconditional models) and the number of rows N.
+
+    Unconditional models take no x: N is the number of y_known rows, or 1.
+    """
+    model = manifest.name
+    if manifest.x is None:
+        if x is not None:
+            raise InvalidInput(f"model '{model}' is unconditional: omit x")
+        return None, len(y_known) if isinstance(y_known, list) and y_known else 1
+    if x is None:
+        raise InvalidInput(f"model '{model}' is conditional: x is required")
+    max_rows = manifest.batching.max_rows_per_request
+    if isinstance(x, list) and len(x) > max_rows:
+        raise PayloadTooLarge(
+            f"request has {len(x)} rows; model '{model}' accepts at most {max_rows} per request"
+        )
+    batch = to_batch("x", x, manifest.x, model)
+    return batch, len(batch)
+
+
+def check_cost(manifest: Manifest, rows: int, starts: int, steps: int, settings: Settings) -> None:
+    """Refuse (413) a search larger than ``EBM_MAX_SEARCH_COST`` candidate evaluations."""
+    cost = rows * starts * max(steps, 1)
+    if cost > settings.max_search_cost:
+        raise PayloadTooLarge(
+            f"this search costs {rows} x {starts} x {max(steps, 1)} = {cost:,} evaluations "
+            f"(rows x starts x steps); the limit is {settings.max_search_cost:,}: ask for fewer "
+            "rows, starts or steps"
+        )

@@ -1,0 +1,127 @@
+"""Search settings of one request, resolved: the request's, else the manifest's, else built in.
+
+Every step size and noise scale is in the units of the variable it moves (y, or a continuous
+z), so a model's manifest states them for its own scale. The built-in settings, used for a
+method the manifest says nothing about, are scaled from the variables' bounds.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.errors import InvalidInput
+from app.registry.manifest import Manifest, MethodSettings
+
+METHODS = ("gd", "langevin", "dfo", "enumerate")
+OPTIMISER_FIELDS = ("num_starts", "steps", "step_size", "noise_scale")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    method: str
+    k: int
+    num_starts: int  # candidates per x (enumerate: the number of labels)
+    steps: int
+    step_size: float
+    noise_scale: float
+    temperature: float
+    merge_radius: float
+    tol: float
+    seed: int
+    seeded: bool  # the caller chose the seed: the answer must replay bit for bit
+    return_trajectory: bool = False
+
+
+def default_method(manifest: Manifest) -> str:
+    """What ``auto`` means for this model: enumeration for discrete y, else its manifest's."""
+    if manifest.y.kind == "discrete":
+        return "enumerate"
+    chosen = manifest.inference.method
+    return "gd" if chosen in ("auto", "enumerate") else chosen
+
+
+def typical_range(manifest: Manifest) -> float:
+    """Mean width of the bounded components of y (1 when y is unbounded): the scale of the
+    built-in step sizes."""
+    spec = manifest.y
+    if spec.low is None or spec.high is None:
+        return 1.0
+    widths = np.asarray(spec.high) - np.asarray(spec.low)
+    return float(np.mean(widths))
+
+
+@dataclass(frozen=True)
+class OptimiserSettings:
+    num_starts: int
+    steps: int
+    step_size: float
+    noise_scale: float
+
+
+def builtin_settings(method: str, manifest: Manifest) -> MethodSettings:
+    scale = typical_range(manifest)
+    if method == "gd":  # Adam: the first steps move about step_size per component
+        return MethodSettings(num_starts=64, steps=100, step_size=0.02 * scale, noise_scale=0.0)
+    if method == "langevin":
+        return MethodSettings(num_starts=64, steps=100, step_size=1e-3 * scale**2, noise_scale=1.0)
+    if method == "dfo":  # as in Implicit BC: wide uniform samples, 0.33 of a [-1, 1] range
+        return MethodSettings(num_starts=1024, steps=3, step_size=1.0, noise_scale=0.165 * scale)
+    return MethodSettings(num_starts=1, steps=0, step_size=1.0, noise_scale=0.0)
+
+
+def method_settings(method: str, manifest: Manifest) -> OptimiserSettings:
+    """The optimiser settings of ``method`` before any request override."""
+    defaults = manifest.inference
+    merged = builtin_settings(method, manifest).model_dump()
+    if method == default_method(manifest):
+        merged.update({f: getattr(defaults, f) for f in OPTIMISER_FIELDS})
+    override = defaults.methods.get(method)  # type: ignore[call-overload]
+    if override is not None:
+        merged.update(override.model_dump(exclude_none=True))
+    return OptimiserSettings(**merged)
+
+
+def resolve(manifest: Manifest, request: Mapping[str, Any]) -> SearchParams:
+    """Settings for one request; ``request`` holds the fields the caller set (None = unset)."""
+    given = {k: v for k, v in request.items() if v is not None}
+    method = given.get("method", "auto")
+    if method == "auto":
+        method = default_method(manifest)
+    if method not in METHODS:
+        raise InvalidInput(f"method {method!r} is unknown; use auto or one of {list(METHODS)}")
+    if method == "enumerate" and manifest.y.kind != "discrete":
+        raise InvalidInput(
+            f"method 'enumerate' needs a discrete y; model {manifest.name!r} has a continuous "
+            "y: use gd, langevin or dfo"
+        )
+    if method != "enumerate" and manifest.y.kind == "discrete":
+        raise InvalidInput(
+            f"model {manifest.name!r} has a discrete y ({manifest.y.num_classes} labels): "
+            "use method 'enumerate' (or auto)"
+        )
+    settings = method_settings(method, manifest)
+    defaults = manifest.inference
+    if method == "enumerate":
+        num_starts = int(manifest.y.num_classes or 1)
+    else:
+        num_starts = int(given.get("num_starts", settings.num_starts))
+    seed = given.get("seed")
+    return SearchParams(
+        method=method,
+        k=int(given.get("k", defaults.k)),
+        num_starts=num_starts,
+        steps=int(given.get("steps", settings.steps)),
+        step_size=float(given.get("step_size", settings.step_size)),
+        noise_scale=float(given.get("noise_scale", settings.noise_scale)),
+        temperature=float(given.get("temperature", defaults.temperature)),
+        merge_radius=float(given.get("merge_radius", defaults.merge_radius)),
+        tol=float(given.get("tol", defaults.tol)),
+        seed=int(seed) if seed is not None else secrets.randbits(63),
+        seeded=seed is not None,
+        return_trajectory=bool(given.get("return_trajectory", False)),
+    )

@@ -1,0 +1,117 @@
+"""Prediction: the k distinct low-energy answers per x, from a batched search.
+
+propose -> refine -> re-score (``search``) -> de-duplicate -> rank (``modes``). The batch
+runner here is what the batcher calls with the coalesced jobs of one model and method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.inference.modes import select_modes
+from app.inference.search import Candidates, Search, SearchJob
+from app.registry.loader import LoadedModel
+
+
+@dataclass(frozen=True)
+class PredictOutcome:
+    predictions: list[list[dict[str, Any]]]  # per x, lowest energy first
+    stats: dict[str, Any]
+
+
+def _value(spec_shape: list[int], discrete: bool, flat: np.ndarray) -> Any:
+    if discrete:
+        return [round(float(v)) for v in flat.ravel()]
+    return flat.reshape(spec_shape).tolist()
+
+
+def to_predictions(
+    model: LoadedModel, job: SearchJob, found: Candidates, coalesced: int
+) -> PredictOutcome:
+    manifest, params = model.manifest, job.params
+    y_discrete = manifest.y.kind == "discrete"
+    z_spec = manifest.z
+    per_x: list[list[dict[str, Any]]] = []
+    for i in range(job.rows_x):
+        modes = select_modes(
+            found.y[i], found.energy[i], params.k, params.merge_radius, params.temperature
+        )
+        row = []
+        for mode in modes:
+            j = mode.index
+            prediction: dict[str, Any] = {
+                "y": _value(manifest.y.shape, y_discrete, found.y[i, j]),
+                "energy": float(found.energy[i, j]),
+            }
+            if z_spec is not None and found.z is not None:
+                z = found.z[i, j]
+                prediction["z"] = (
+                    int(z) if z_spec.kind == "discrete" else z.reshape(z_spec.shape).tolist()
+                )
+            prediction["mass"] = mode.mass
+            prediction["converged"] = (
+                None
+                if found.grad_norm is None
+                else bool(found.grad_norm[i, j] <= max(params.tol, 1e-12))
+            )
+            if found.trajectory is not None:
+                path = found.trajectory[:, i, j]
+                prediction["trajectory"] = [
+                    _value(manifest.y.shape, y_discrete, point) for point in path
+                ]
+            row.append(prediction)
+        per_x.append(row)
+    stats = {
+        "method": params.method,
+        "steps_run": found.steps_run,
+        "candidates": job.rows,
+        "evaluations": found.evaluations,
+        "partial": found.partial,
+        "seed": params.seed,
+        "coalesced_jobs": coalesced,
+        "time_ms": round(found.elapsed_s * 1000, 3),
+    }
+    return PredictOutcome(per_x, stats)
+
+
+def deterministic_groups(jobs: Sequence[SearchJob], rows_independent: bool) -> list[list[int]]:
+    """Which jobs may share backend calls without changing anyone's answer.
+
+    When the backend's rows depend on the batch around them (checked at load), a job whose
+    caller chose the seed runs in its own calls, so it replays bit for bit; the others share.
+    """
+    if rows_independent:
+        return [list(range(len(jobs)))]
+    shared = [i for i, job in enumerate(jobs) if not job.params.seeded]
+    alone = [[i] for i, job in enumerate(jobs) if job.params.seeded]
+    return ([shared] if shared else []) + alone
+
+
+Deliver = Callable[[int, PredictOutcome], None]
+
+
+def predict_runner(
+    model: LoadedModel,
+) -> Callable[[Sequence[SearchJob], Deliver | None], list[PredictOutcome]]:
+    """A batch runner: one search over all jobs' candidates; each job's answer is handed to
+    ``deliver`` as soon as that job stops."""
+
+    def run(jobs: Sequence[SearchJob], deliver: Deliver | None = None) -> list[PredictOutcome]:
+        outcomes: dict[int, PredictOutcome] = {}
+        for group in deterministic_groups(jobs, model.rows_independent):
+
+            def hand_over(i: int, found: Candidates, group: list[int] = group) -> None:
+                index = group[i]
+                outcome = to_predictions(model, jobs[index], found, len(group))
+                outcomes[index] = outcome
+                if deliver is not None:
+                    deliver(index, outcome)
+
+            Search(model, [jobs[i] for i in group]).run(hand_over)
+        return [outcomes[i] for i in range(len(jobs))]
+
+    return run

@@ -1,0 +1,364 @@
+"""Energy-minimising search for many jobs at once: propose -> refine -> re-score.
+
+All candidates of all jobs in a batch are rows of one array ``v [R, D]`` (see ``space``);
+every step makes one backend call for every live row, whatever job it belongs to, so
+concurrent requests share the per-call cost. Per-row settings (step size, noise, steps) are
+arrays, so jobs with different settings still share a batch.
+
+Reproducibility: each job draws its starts and noise from its own generator seeded by its
+seed, in the same order whether it runs alone or with others; rows never mix across jobs.
+With a backend whose rows do not depend on the batch around them (checked at load), a
+seeded job therefore gives the same bits alone or coalesced.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.inference.params import SearchParams
+from app.inference.space import Space
+from app.registry.backends.base import Array
+from app.registry.loader import LoadedModel
+
+ADAM_BETAS = (0.9, 0.999)
+FINAL_STEP_SHARE = 0.01  # every schedule decays the step to 1% of step_size
+LANGEVIN_MOVE_CLIP = 0.1  # a Langevin move is clipped to this share of each bound's width
+LANGEVIN_REFINE_SHARE = 0.1  # noise-free steps after the chain, as a share of its steps
+DFO_SHRINK = 0.5  # the resampling noise halves every iteration
+MIN_STEPS_BEFORE_TOL = 5  # a flat start must not look converged before it has moved
+
+
+@dataclass
+class SearchJob:
+    """One request: ``x [N, *x]`` (None if unconditional); ``y_known``/``y_mask`` ``[N, Dy]``."""
+
+    x: Array | None
+    rows_x: int
+    params: SearchParams
+    y_known: Array | None = None
+    y_mask: np.ndarray | None = None
+    deadline: float = math.inf  # time.monotonic() seconds
+
+    @property
+    def rows(self) -> int:
+        return self.rows_x * self.params.num_starts
+
+
+@dataclass
+class Candidates:
+    """A finished job's candidates, ``[N, S, ...]``, re-scored at their final positions."""
+
+    y: Array  # [N, S, Dy]
+    z: Array | None  # [N, S, Dz] continuous or [N, S] labels
+    energy: Array  # [N, S]
+    grad_norm: Array | None  # [N, S]; None for gradient-free methods
+    trajectory: Array | None  # [T, N, S, Dy] with return_trajectory
+    steps_run: int
+    evaluations: int
+    partial: bool
+    elapsed_s: float
+
+
+@dataclass
+class _Segment:
+    job: SearchJob
+    start: int
+    stop: int
+    rng: np.random.Generator
+    steps: int
+    done: bool = False
+    partial: bool = False
+    steps_run: int = 0
+    evaluations: int = 0
+    trajectory: list[Array] = field(default_factory=list)
+
+
+def _repeat_rows(a: Array, times: int) -> Array:
+    return np.repeat(a, times, axis=0)
+
+
+class Search:
+    """One batch of jobs of one method on one model."""
+
+    def __init__(self, model: LoadedModel, jobs: list[SearchJob]) -> None:
+        self.model = model
+        self.space = Space.of(model.manifest)
+        self.method = jobs[0].params.method
+        self.started = time.monotonic()
+        self.segments: list[_Segment] = []
+        at = 0
+        for job in jobs:
+            steps = job.params.steps
+            if self.method == "langevin":
+                steps += max(1, int(steps * LANGEVIN_REFINE_SHARE)) if steps else 0
+            rng = np.random.default_rng(job.params.seed)
+            self.segments.append(_Segment(job, at, at + job.rows, rng, steps))
+            at += job.rows
+        self.rows = at
+        self._init_rows()
+
+    # --- set-up -------------------------------------------------------------------------
+    def _per_row(self, value: Callable[[SearchJob], float]) -> Array:
+        return np.concatenate(
+            [np.full((s.stop - s.start, 1), value(s.job), np.float32) for s in self.segments]
+        )
+
+    def _init_rows(self) -> None:
+        space, manifest = self.space, self.model.manifest
+        self.x = None
+        if manifest.x is not None:
+            self.x = np.concatenate(
+                [_repeat_rows(s.job.x, s.job.params.num_starts) for s in self.segments]  # type: ignore[arg-type]
+            )
+        if self.method == "enumerate":
+            labels = [
+                np.tile(np.arange(s.job.params.num_starts, dtype=np.float32), s.job.rows_x)
+                for s in self.segments
+            ]
+            self.v = np.concatenate(labels)[:, None]
+        else:
+            self.v = np.concatenate([space.sample(s.rng, s.stop - s.start) for s in self.segments])
+        # A discrete latent is assigned, not searched: starts cycle through its labels.
+        self.labels = None
+        if space.z_labels:
+            self.labels = np.concatenate(
+                [np.arange(s.stop - s.start) % space.z_labels for s in self.segments]
+            ).astype(np.float32)[:, None]
+        if space.z_size and self.model.backend.has_decoder and self.method != "enumerate":
+            # Latent models with a decoder start on their manifold: y = Dec(x, z0).
+            _, z = space.split(self.v)
+            assert z is not None
+            inputs = {"z": z} if self.x is None else {"x": self.x, "z": z}
+            decoded = self.model.backend.decode(inputs).reshape(self.rows, -1)
+            self.v[:, : space.y_size] = decoded
+            space.project(self.v)
+        # Clamped components (fill in the blanks): values fixed, gradients zeroed.
+        self.free: Array | None = None
+        if any(s.job.y_mask is not None for s in self.segments):
+            free = np.ones((self.rows, space.dim), np.float32)
+            known = np.zeros((self.rows, space.y_size), np.float32)
+            for s in self.segments:
+                if s.job.y_mask is not None and s.job.y_known is not None:
+                    reps = s.job.params.num_starts
+                    observed = _repeat_rows(s.job.y_mask.astype(np.float32), reps)
+                    free[s.start : s.stop, : space.y_size] = 1.0 - observed
+                    known[s.start : s.stop] = _repeat_rows(s.job.y_known, reps)
+            self.free, self.known = free, known
+            self._clamp(slice(None))
+        self.step_size = self._per_row(lambda j: j.params.step_size)
+        self.noise = self._per_row(lambda j: j.params.noise_scale)
+        self.steps = self._per_row(lambda j: float(j.params.steps))
+        self.m1 = np.zeros_like(self.v)
+        self.m2 = np.zeros_like(self.v)
+
+    def _clamp(self, rows: slice | np.ndarray) -> None:
+        if self.free is not None:
+            y = self.v[rows, : self.space.y_size]
+            clamped = self.free[rows, : self.space.y_size] == 0
+            self.v[rows, : self.space.y_size] = np.where(clamped, self.known[rows], y)
+
+    # --- evaluation -------------------------------------------------------------------
+    def _inputs(self, rows: slice | np.ndarray) -> dict[str, Array]:
+        y, z = self.space.split(self.v[rows])
+        inputs: dict[str, Array] = {}
+        if self.x is not None:
+            inputs["x"] = self.x[rows]
+        inputs["y"] = np.ascontiguousarray(y)
+        if z is not None:
+            inputs["z"] = np.ascontiguousarray(z)
+        elif self.labels is not None:
+            inputs["z"] = self.labels[rows]
+        return inputs
+
+    def _evaluate(self, rows: slice | np.ndarray, grad: bool) -> tuple[Array, Array | None]:
+        out = self.model.backend.energy(self._inputs(rows), grad)
+        if not grad:
+            return out.energy, None
+        g = self.space.join_grads(out.grads, len(out.energy))
+        if self.free is not None:
+            g = g * self.free[rows]
+        return out.energy, g
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(
+        self, deliver: Callable[[int, Candidates], None] | None = None, margin_s: float = 0.005
+    ) -> list[Candidates]:
+        """Run every job to its step budget, convergence or deadline, re-scoring each job as
+        it stops; ``deliver(i, candidates)`` hands job i's result over at once (a job that
+        stopped early does not wait for the rest of the batch)."""
+        gradient_free = self.method in ("dfo", "enumerate")
+        results: dict[int, Candidates] = {}
+        t = 0
+        last_step_s = 0.0
+        while True:
+            now = time.monotonic()
+            for s in self.segments:
+                if s.done:
+                    continue
+                if t >= s.steps:
+                    s.done = True
+                elif now + max(margin_s, 3 * last_step_s) >= s.job.deadline:
+                    s.done, s.partial = True, True
+            stopped = [i for i, s in enumerate(self.segments) if s.done and i not in results]
+            if stopped:
+                finished = self._finish(stopped, gradient_free)
+                for i, candidates in zip(stopped, finished, strict=True):
+                    results[i] = candidates
+                    if deliver is not None:
+                        deliver(i, candidates)
+            live = [s for s in self.segments if not s.done]
+            if not live:
+                break
+            rows = self._rows_of(live)
+            for s in live:
+                if s.job.params.return_trajectory:
+                    s.trajectory.append(self.v[s.start : s.stop, : self.space.y_size].copy())
+            energy, g = self._evaluate(rows, grad=not gradient_free)
+            for s in live:
+                s.steps_run += 1
+                s.evaluations += s.stop - s.start
+            if self.method == "gd":
+                assert g is not None
+                self._adam_step(rows, g, t)
+            elif self.method == "langevin":
+                assert g is not None
+                self._langevin_step(rows, live, g, t)
+            elif self.method == "dfo":
+                self._dfo_step(live, energy, t)
+            if g is not None and t + 1 >= MIN_STEPS_BEFORE_TOL:
+                self._stop_converged(live, g)
+            t += 1
+            last_step_s = time.monotonic() - now
+        return [results[i] for i in range(len(self.segments))]
+
+    def _rows_of(self, live: list[_Segment]) -> slice | np.ndarray:
+        if len(live) == len(self.segments):
+            return slice(None)
+        return np.concatenate([np.arange(s.start, s.stop) for s in live])
+
+    def _stop_converged(self, live: list[_Segment], g: Array) -> None:
+        norms = np.sqrt(np.einsum("rd,rd->r", g, g))
+        at = 0
+        for s in live:
+            n = s.stop - s.start
+            if s.job.params.tol > 0 and float(norms[at : at + n].max()) < s.job.params.tol:
+                s.done = True
+            at += n
+
+    def _schedule(self, rows: slice | np.ndarray, t: int) -> Array:
+        """Cosine decay from step_size to 1% of it over each row's steps, ``[r, 1]``."""
+        frac = np.minimum(t / np.maximum(self.steps[rows], 1.0), 1.0)
+        decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (1 + np.cos(np.pi * frac))
+        return (self.step_size[rows] * decay).astype(np.float32)
+
+    def _adam_step(self, rows: slice | np.ndarray, g: Array, t: int) -> None:
+        b1, b2 = ADAM_BETAS
+        m1 = b1 * self.m1[rows] + (1 - b1) * g
+        m2 = b2 * self.m2[rows] + (1 - b2) * g * g
+        self.m1[rows], self.m2[rows] = m1, m2
+        m1_hat = m1 / (1 - b1 ** (t + 1))
+        m2_hat = m2 / (1 - b2 ** (t + 1))
+        move = self._schedule(rows, t) * m1_hat / (np.sqrt(m2_hat) + 1e-12)
+        self._move(rows, move.astype(np.float32), sign=-1.0)
+
+    def _move(self, rows: slice | np.ndarray, delta: Array, sign: float) -> None:
+        v = self.v[rows] + sign * delta
+        self.v[rows] = self.space.project(v)
+        self._clamp(rows)
+
+    def _noise(self, live: list[_Segment]) -> Array:
+        """Standard normal draws ``[r, D]``, each job's from its own generator."""
+        draws = [
+            s.rng.standard_normal((s.stop - s.start, self.space.dim), dtype=np.float32)
+            for s in live
+        ]
+        return np.concatenate(draws) if len(draws) > 1 else draws[0]
+
+    def _langevin_step(
+        self, rows: slice | np.ndarray, live: list[_Segment], g: Array, t: int
+    ) -> None:
+        """Implicit-BC style: a polynomially decaying step, separate noise scale, a clip on
+        each move and on the bounds; the last steps (beyond ``steps``) carry no noise."""
+        lr0 = self.step_size[rows]
+        steps = self.steps[rows]
+        frac = np.minimum(t / np.maximum(steps - 1, 1.0), 1.0)
+        final = lr0 * FINAL_STEP_SHARE
+        lr = (lr0 - final) * (1 - frac) ** 2 + final
+        noisy = (t < steps).astype(np.float32)
+        xi = self._noise(live)
+        delta = -lr * g + noisy * self.noise[rows] * np.sqrt(2 * lr) * xi
+        clip = LANGEVIN_MOVE_CLIP * self.space.width
+        self._move(rows, np.clip(delta, -clip, clip).astype(np.float32), sign=1.0)
+
+    def _dfo_step(self, live: list[_Segment], energy: Array, t: int) -> None:
+        """Implicit-BC derivative-free step: resample each x's population in proportion to
+        softmax(-E/T), then jitter with a noise that halves every iteration. A job's last
+        iteration only scores."""
+        at = 0
+        targets, sources = [], []
+        for s in live:
+            n = s.stop - s.start
+            if t + 1 < s.steps:
+                starts, rows_x = s.job.params.num_starts, s.job.rows_x
+                logits = -energy[at : at + n].reshape(rows_x, starts).astype(np.float64)
+                logits /= s.job.params.temperature
+                p = np.exp(logits - logits.max(axis=1, keepdims=True))
+                cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+                u = s.rng.random((rows_x, starts))
+                pick = np.minimum((u[:, :, None] > cdf[:, None, :]).sum(-1), starts - 1)
+                sources.append(s.start + pick + np.arange(rows_x)[:, None] * starts)
+                targets.append(np.arange(s.start, s.stop))
+            at += n
+        if not targets:
+            return
+        target, source = np.concatenate(targets), np.concatenate([p.ravel() for p in sources])
+        self.v[target] = self.v[source]
+        if self.labels is not None:
+            self.labels[target] = self.labels[source]
+        resampling = [s for s in live if t + 1 < s.steps]
+        scale = self.noise[target] * DFO_SHRINK**t * self.space.width
+        self._move(target, (scale * self._noise(resampling)).astype(np.float32), sign=1.0)
+
+    # --- the end: re-score ------------------------------------------------------------
+    def _finish(self, indices: list[int], gradient_free: bool) -> list[Candidates]:
+        """Re-score the stopped jobs' candidates at their final positions (one call)."""
+        segments = [self.segments[i] for i in indices]
+        rows = self._rows_of(segments) if len(segments) < len(self.segments) else slice(None)
+        energy, g = self._evaluate(rows, grad=not gradient_free)
+        norms = None if g is None else np.sqrt(np.einsum("rd,rd->r", g, g))
+        v = self.v[rows]
+        labels = None if self.labels is None else self.labels[rows, 0]
+        out, at = [], 0
+        for s in segments:
+            n, starts = s.job.rows_x, s.job.params.num_starts
+            part = slice(at, at + s.stop - s.start)
+            at += s.stop - s.start
+            y_flat = v[part, : self.space.y_size]
+            z: Array | None = None
+            if self.space.z_size:
+                z = v[part, self.space.y_size :].reshape(n, starts, -1).copy()
+            elif labels is not None:
+                z = labels[part].reshape(n, starts).copy()
+            trajectory = None
+            if s.trajectory:
+                frames = [*s.trajectory, y_flat]
+                trajectory = np.stack(frames).reshape(len(frames), n, starts, -1)
+            out.append(
+                Candidates(
+                    y=y_flat.reshape(n, starts, -1).copy(),
+                    z=z,
+                    energy=energy[part].reshape(n, starts).copy(),
+                    grad_norm=None if norms is None else norms[part].reshape(n, starts).copy(),
+                    trajectory=trajectory,
+                    steps_run=s.steps_run,
+                    evaluations=s.evaluations + (s.stop - s.start),
+                    partial=s.partial,
+                    elapsed_s=time.monotonic() - self.started,
+                )
+            )
+        return out
