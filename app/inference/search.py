@@ -28,7 +28,7 @@ from app.registry.loader import LoadedModel
 ADAM_BETAS = (0.9, 0.999)
 FINAL_STEP_SHARE = 0.01  # every schedule decays the step to 1% of step_size
 LANGEVIN_MOVE_CLIP = 0.1  # a Langevin move is clipped to this share of each bound's width
-LANGEVIN_REFINE_SHARE = 0.1  # noise-free steps after the chain, as a share of its steps
+LANGEVIN_REFINE_SHARE = 0.2  # noise-free steps after the chain, as a share of its steps
 DFO_SHRINK = 0.5  # the resampling noise halves every iteration
 MIN_STEPS_BEFORE_TOL = 5  # a flat start must not look converged before it has moved
 
@@ -95,7 +95,7 @@ class Search:
         for job in jobs:
             steps = job.params.steps
             if self.method == "langevin":
-                steps += max(1, int(steps * LANGEVIN_REFINE_SHARE)) if steps else 0
+                steps += max(1, math.ceil(steps * LANGEVIN_REFINE_SHARE)) if steps else 0
             rng = np.random.default_rng(job.params.seed)
             self.segments.append(_Segment(job, at, at + job.rows, rng, steps))
             at += job.rows
@@ -257,13 +257,19 @@ class Search:
         return (self.step_size[rows] * decay).astype(np.float32)
 
     def _adam_step(self, rows: slice | np.ndarray, g: Array, t: int) -> None:
+        self._adam_move(rows, g, np.float32(t), self._schedule(rows, t))
+
+    def _adam_move(
+        self, rows: slice | np.ndarray, g: Array, t: np.floating | Array, lr: Array
+    ) -> None:
+        """One Adam step of size ``lr [r, 1]`` at (per-row) step count ``t``, projected."""
         b1, b2 = ADAM_BETAS
         m1 = b1 * self.m1[rows] + (1 - b1) * g
         m2 = b2 * self.m2[rows] + (1 - b2) * g * g
         self.m1[rows], self.m2[rows] = m1, m2
         m1_hat = m1 / (1 - b1 ** (t + 1))
         m2_hat = m2 / (1 - b2 ** (t + 1))
-        move = self._schedule(rows, t) * m1_hat / (np.sqrt(m2_hat) + 1e-12)
+        move = lr * m1_hat / (np.sqrt(m2_hat) + 1e-12)
         self._move(rows, move.astype(np.float32), sign=-1.0)
 
     def _move(self, rows: slice | np.ndarray, delta: Array, sign: float) -> None:
@@ -282,36 +288,52 @@ class Search:
     def _langevin_step(
         self, rows: slice | np.ndarray, live: list[_Segment], g: Array, t: int
     ) -> None:
-        """Implicit-BC style: a polynomially decaying step, separate noise scale, a clip on
-        each move and on the bounds; the last steps (beyond ``steps``) carry no noise."""
-        lr0 = self.step_size[rows]
-        steps = self.steps[rows]
+        """Implicit-BC style: a polynomially decaying step, a separate noise scale, a clip on
+        each move and on the bounds. The chain's ``steps`` are followed by noise-free Adam
+        refinement steps (started at the chain's first noise amplitude, sqrt(2 step_size)),
+        which settle each sample at the bottom of its valley."""
+        lr0, steps = self.step_size[rows], self.steps[rows]
         frac = np.minimum(t / np.maximum(steps - 1, 1.0), 1.0)
         final = lr0 * FINAL_STEP_SHARE
         lr = (lr0 - final) * (1 - frac) ** 2 + final
-        noisy = (t < steps).astype(np.float32)
         xi = self._noise(live)
-        delta = -lr * g + noisy * self.noise[rows] * np.sqrt(2 * lr) * xi
+        delta = -lr * g + self.noise[rows] * np.sqrt(2 * lr) * xi
         clip = LANGEVIN_MOVE_CLIP * self.space.width
-        self._move(rows, np.clip(delta, -clip, clip).astype(np.float32), sign=1.0)
+        chain = (t < steps)[:, 0]
+        if chain.all():
+            self._move(rows, np.clip(delta, -clip, clip).astype(np.float32), sign=1.0)
+            return
+        index = np.arange(self.rows)[rows]
+        self._move(index[chain], np.clip(delta[chain], -clip, clip), sign=1.0)
+        refining = ~chain
+        t_ref = t - steps[refining]
+        refine_steps = np.maximum(np.ceil(steps[refining] * LANGEVIN_REFINE_SHARE), 1.0)
+        decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (
+            1 + np.cos(np.pi * np.minimum(t_ref / refine_steps, 1.0))
+        )
+        lr_ref = np.sqrt(2 * lr0[refining]) * decay
+        self._adam_move(index[refining], g[refining], t_ref, lr_ref.astype(np.float32))
 
     def _dfo_step(self, live: list[_Segment], energy: Array, t: int) -> None:
         """Implicit-BC derivative-free step: resample each x's population in proportion to
-        softmax(-E/T), then jitter with a noise that halves every iteration. A job's last
-        iteration only scores."""
+        softmax(-E/T), then jitter with a noise that halves every iteration. The population
+        is scored once more at the end (``_finish``), so the choice uses fresh energies."""
         at = 0
         targets, sources = [], []
         for s in live:
             n = s.stop - s.start
-            if t + 1 < s.steps:
+            if t < s.steps:
                 starts, rows_x = s.job.params.num_starts, s.job.rows_x
                 logits = -energy[at : at + n].reshape(rows_x, starts).astype(np.float64)
                 logits /= s.job.params.temperature
                 p = np.exp(logits - logits.max(axis=1, keepdims=True))
                 cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
                 u = s.rng.random((rows_x, starts))
-                pick = np.minimum((u[:, :, None] > cdf[:, None, :]).sum(-1), starts - 1)
-                sources.append(s.start + pick + np.arange(rows_x)[:, None] * starts)
+                # Inverse-CDF sampling for all x at once: shift row i's CDF and draws by i.
+                shift = np.arange(rows_x)[:, None]
+                flat = np.searchsorted((cdf + shift).ravel(), (u + shift).ravel(), side="right")
+                pick = np.minimum(flat.reshape(rows_x, starts), (shift + 1) * starts - 1)
+                sources.append(s.start + pick)
                 targets.append(np.arange(s.start, s.stop))
             at += n
         if not targets:
@@ -320,7 +342,7 @@ class Search:
         self.v[target] = self.v[source]
         if self.labels is not None:
             self.labels[target] = self.labels[source]
-        resampling = [s for s in live if t + 1 < s.steps]
+        resampling = [s for s in live if t < s.steps]
         scale = self.noise[target] * DFO_SHRINK**t * self.space.width
         self._move(target, (scale * self._noise(resampling)).astype(np.float32), sign=1.0)
 
