@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import energy, health, models, predict
+from app.api import energy, health, models, predict, sample
 from app.api.deps import require_api_key
 from app.api.errors import install_error_handlers
 from app.api.responses import error_response
@@ -85,5 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=guarded)
     app.include_router(energy.router, dependencies=guarded)
     app.include_router(predict.router, dependencies=guarded)
+    app.include_router(sample.router, dependencies=guarded)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -150,6 +150,49 @@ class PredictResponse(BaseModel):
     stats: dict[str, Any] = Field(description="Method, steps run, candidates, time, seed.")
 
 
+class SampleRequest(SearchFields):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"n": 8, "seed": 0},
+                {"x": [[0.2, 20.0, 10.0]], "n": 16, "steps": 200, "seed": 0},
+            ]
+        },
+    )
+
+    n: int = Field(16, ge=1, le=100_000, description="Samples per x.")
+    temperature: float = Field(
+        1.0, gt=0, le=1e6, description="Samples follow exp(-E/T); scales a normal prior's variance."
+    )
+    steps: int | None = Field(
+        None, ge=0, le=100_000, description="Langevin: burn-in steps (default: the model's)."
+    )
+    step_size: float | None = Field(
+        None, gt=0, le=1e6, description="Langevin step (default: the model's langevin step)."
+    )
+    chains: int | None = Field(
+        None, ge=1, le=100_000, description="Langevin chains per x; default n (one state each)."
+    )
+    thin: int = Field(1, ge=1, le=10_000, description="Langevin: steps between kept states.")
+    return_trajectory: bool = Field(False, description="Langevin: each chain's path.")
+
+
+class Sample(BaseModel):
+    y: NestedList
+    energy: float
+    z: NestedList | int | None = None
+    trajectory: list[NestedList] | None = None
+
+
+class SampleResponse(BaseModel):
+    model: str
+    version: int
+    samples: list[list[Sample]] = Field(description="Per x, n samples.")
+    stats: dict[str, Any]
+
+
 class ModelSummary(BaseModel):
     name: str
     available: bool

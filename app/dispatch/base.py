@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from app.inference.predict import PredictOutcome
+from app.inference.sampling import SampleJob, SampleOutcome
 from app.inference.scoring import ScoreJob
 from app.inference.search import SearchJob
 from app.registry.backends.base import EnergyOutput
@@ -20,6 +21,10 @@ class Dispatcher(Protocol):
 
     async def predict(self, model: LoadedModel, job: SearchJob) -> PredictOutcome:
         """The k lowest-energy modes per x; ``job.deadline`` in ``time.monotonic()`` s."""
+        ...
+
+    async def sample(self, model: LoadedModel, job: SampleJob) -> SampleOutcome:
+        """n samples per x; ``job.deadline`` in ``time.monotonic()`` s."""
         ...
 
     async def close(self) -> None:

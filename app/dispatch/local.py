@@ -9,6 +9,7 @@ from app.config import Settings
 from app.dispatch.batcher import Batcher, BatcherStats
 from app.errors import ShuttingDown
 from app.inference.predict import PredictOutcome, predict_runner
+from app.inference.sampling import SampleJob, SampleOutcome, sample_runner
 from app.inference.scoring import ScoreJob, score_runner
 from app.inference.search import SearchJob
 from app.registry.backends.base import EnergyOutput
@@ -40,8 +41,9 @@ class LocalDispatcher:
         if batcher is None:
             max_rows, max_delay_s = batching_limits(model, self._settings)
             searching = op.startswith("predict:")
+            runner = sample_runner(model) if op == "sample" else score_runner(model.backend, grad)
             batcher = Batcher(
-                None if searching else score_runner(model.backend, grad),
+                None if searching else runner,
                 early_runner=predict_runner(model) if searching else None,
                 executor=self._executor,
                 max_rows=max_rows,
@@ -67,6 +69,14 @@ class LocalDispatcher:
             raise ShuttingDown("the server is shutting down and takes no new work")
         batcher = self._batcher(model, f"predict:{job.params.method}")
         result: PredictOutcome = await batcher.submit(job, job.rows, job.deadline)
+        return result
+
+    async def sample(self, model: LoadedModel, job: SampleJob) -> SampleOutcome:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and takes no new work")
+        result: SampleOutcome = await self._batcher(model, "sample").submit(
+            job, job.rows, job.deadline
+        )
         return result
 
     def stats(self) -> dict[str, BatcherStats]:

@@ -1,0 +1,83 @@
+"""POST /v1/models/{name}/sample: n diverse samples per x (prior + decoder, or Langevin)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.api.energy import ERRORS
+from app.api.responses import json_response
+from app.api.routing import OrjsonRoute
+from app.api.search import check_cost, observations
+from app.api.tensors import known_components
+from app.errors import InvalidInput
+from app.inference.params import method_settings
+from app.inference.sampling import SampleJob, SampleParams
+from app.schemas import SampleRequest, SampleResponse
+
+router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRoute)
+
+
+@router.post(
+    "/{name}/sample",
+    response_model=SampleResponse,
+    responses=ERRORS,
+    summary="Diverse samples per x: prior latents decoded, or Langevin chains on y.",
+)
+async def sample(
+    name: str,
+    body: SampleRequest,
+    registry: RegistryDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+) -> Response:
+    model = registry.get(name, body.version)
+    manifest = model.manifest
+    if manifest.y.kind == "discrete":
+        raise InvalidInput(
+            f"model '{name}' has a discrete y: use /predict with method 'enumerate', whose "
+            "masses are the label probabilities at temperature T"
+        )
+    x, rows = observations(manifest, body.x, body.y_known)
+    y_known, y_mask = known_components(manifest, body.y_known, body.y_mask, rows)
+    langevin = method_settings("langevin", manifest)
+    chains = body.chains or body.n
+    params = SampleParams(
+        n=body.n,
+        chains=min(chains, body.n),
+        steps=body.steps if body.steps is not None else langevin.steps,
+        thin=body.thin,
+        step_size=body.step_size or langevin.step_size,
+        temperature=body.temperature,
+        seed=body.seed if body.seed is not None else secrets.randbits(63),
+        seeded=body.seed is not None,
+        return_trajectory=body.return_trajectory,
+    )
+    decodes = bool(
+        manifest.z is not None and manifest.z.kind == "continuous" and model.backend.has_decoder
+    )
+    job = SampleJob(
+        x=x,
+        rows_x=rows,
+        params=params,
+        y_known=y_known,
+        y_mask=y_mask,
+        decodes=decodes,
+    )
+    check_cost(
+        manifest, rows, job.rows // rows, params.chain_steps if job.uses_chains else 1, settings
+    )
+    timeout_ms = body.deadline_ms or settings.request_timeout_ms
+    job.deadline = time.monotonic() + timeout_ms / 1000
+    outcome = await dispatcher.sample(model, job)
+    response: dict[str, Any] = {
+        "model": name,
+        "version": model.version,
+        "samples": outcome.samples,
+        "stats": outcome.stats,
+    }
+    return json_response(response)

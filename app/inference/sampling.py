@@ -1,0 +1,340 @@
+"""Sampling: diverse answers rather than the best ones.
+
+- A latent model with a decoder samples z from its prior and decodes, y = Dec(x, z): one
+  decoder call and one energy call for all samples of all jobs.
+- Any other model runs Langevin chains on y (and a continuous z) in the standard form,
+  y <- y - step * dE/dy / T + sqrt(2 step) * xi, projected onto the bounds; a discrete latent
+  is drawn from its prior once per chain. After ``steps`` steps of burn-in every chain keeps
+  a state every ``thin`` steps until each x has ``n`` samples.
+
+Fill in the blanks (``y_known``/``y_mask``) always takes the chain path: observed components
+stay clamped, the chains move the rest (starting, for decoder models, from decoded prior
+samples).
+
+Like the search, all jobs of a batch share every backend call and each job draws from its
+own generator, so a seeded job replays bit for bit when rows are batch-independent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.inference.space import Space
+from app.registry.backends.base import Array
+from app.registry.loader import LoadedModel
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    n: int  # samples per x
+    chains: int  # Langevin chains per x
+    steps: int  # burn-in steps
+    thin: int  # steps between kept states of a chain
+    step_size: float
+    temperature: float
+    seed: int
+    seeded: bool
+    return_trajectory: bool = False
+
+    @property
+    def kept_per_chain(self) -> int:
+        return math.ceil(self.n / self.chains)
+
+    @property
+    def chain_steps(self) -> int:
+        """Steps a chain runs: burn-in, then one kept state every ``thin`` steps."""
+        return self.steps + (self.kept_per_chain - 1) * self.thin + 1
+
+
+@dataclass
+class SampleJob:
+    x: Array | None  # [N, *x] or None
+    rows_x: int
+    params: SampleParams
+    y_known: Array | None = None  # [N, Dy]
+    y_mask: np.ndarray | None = None  # [N, Dy]
+    deadline: float = math.inf  # the batcher answers 504 past it; no partial samples
+    decodes: bool = False  # the model has a decoder for its continuous z
+
+    @property
+    def uses_chains(self) -> bool:
+        return self.y_mask is not None or not self.decodes
+
+    @property
+    def rows(self) -> int:
+        per_x = self.params.n if not self.uses_chains else self.params.chains
+        return self.rows_x * per_x
+
+
+@dataclass(frozen=True)
+class SampleOutcome:
+    samples: list[list[dict[str, Any]]]  # per x
+    stats: dict[str, Any]
+
+
+def draw_prior(space: Space, rng: np.random.Generator, rows: int, temperature: float) -> Array:
+    """Continuous z ``[rows, Dz]`` from its prior: N(0, T) (clipped to any bounds) or uniform."""
+    z_low, z_high = space.low[space.y_size :], space.high[space.y_size :]
+    normal = space.normal_prior[space.y_size :]
+    u = rng.random((rows, space.z_size), dtype=np.float32)
+    g = rng.standard_normal((rows, space.z_size), dtype=np.float32) * np.float32(
+        math.sqrt(temperature)
+    )
+    uniform = np.where(np.isfinite(z_low), z_low, -1) + u * np.where(
+        np.isfinite(z_high - z_low), z_high - z_low, 2
+    )
+    z = np.where(normal, g, uniform).astype(np.float32)
+    return np.clip(z, z_low, z_high)
+
+
+class Sampler:
+    """One batch of sample jobs on one model; ``decodes`` picks the prior-and-decode path."""
+
+    def __init__(self, model: LoadedModel, jobs: list[SampleJob]) -> None:
+        self.model = model
+        self.space = Space.of(model.manifest)
+        self.jobs = jobs
+        self.rngs = [np.random.default_rng(job.params.seed) for job in jobs]
+        self.started = time.monotonic()
+
+    def _x_rows(self, per_x: Sequence[int]) -> Array | None:
+        if self.model.manifest.x is None:
+            return None
+        return np.concatenate(
+            [np.repeat(job.x, k, axis=0) for job, k in zip(self.jobs, per_x, strict=True)]  # type: ignore[arg-type]
+        )
+
+    def _labels(self, rows: Sequence[int]) -> Array | None:
+        if not self.space.z_labels:
+            return None
+        draws = [
+            rng.integers(0, self.space.z_labels, n) for rng, n in zip(self.rngs, rows, strict=True)
+        ]
+        return np.concatenate(draws).astype(np.float32)[:, None]
+
+    def _inputs(self, x: Array | None, v: Array, labels: Array | None) -> dict[str, Array]:
+        y, z = self.space.split(v)
+        inputs: dict[str, Array] = {} if x is None else {"x": x}
+        inputs["y"] = np.ascontiguousarray(y)
+        if z is not None:
+            inputs["z"] = np.ascontiguousarray(z)
+        elif labels is not None:
+            inputs["z"] = labels
+        return inputs
+
+    def _decoded(self, x: Array | None, z: Array) -> Array:
+        assert self.model.manifest.z is not None
+        z_in = z.reshape(len(z), *self.model.manifest.z.shape)
+        inputs = {"z": z_in} if x is None else {"x": x, "z": z_in}
+        return self.model.backend.decode(inputs).reshape(len(z), -1)
+
+    # --- prior and decode -------------------------------------------------------------
+    def decode_samples(self) -> list[SampleOutcome]:
+        per_x = [job.params.n for job in self.jobs]
+        rows = [job.rows_x * n for job, n in zip(self.jobs, per_x, strict=True)]
+        x = self._x_rows(per_x)
+        z = np.concatenate(
+            [
+                draw_prior(self.space, rng, r, job.params.temperature)
+                for job, rng, r in zip(self.jobs, self.rngs, rows, strict=True)
+            ]
+        )
+        v = np.concatenate([self._decoded(x, z), z], axis=1)
+        energy = self.model.backend.energy(self._inputs(x, v, None), grad=False).energy
+        return self._outcomes(v, energy, None, rows, per_x, [None] * len(self.jobs), 0)
+
+    # --- Langevin chains --------------------------------------------------------------
+    def chain_samples(self) -> list[SampleOutcome]:
+        space = self.space
+        per_x = [job.params.chains for job in self.jobs]
+        rows = [job.rows_x * c for job, c in zip(self.jobs, per_x, strict=True)]
+        x = self._x_rows(per_x)
+        labels = self._labels(rows)
+        v = np.concatenate([space.sample(rng, r) for rng, r in zip(self.rngs, rows, strict=True)])
+        if space.z_size and self.model.backend.has_decoder:
+            v[:, : space.y_size] = self._decoded(x, v[:, space.y_size :])
+            space.project(v)
+        free = np.ones_like(v)
+        known = np.zeros((len(v), space.y_size), np.float32)
+        at = 0
+        for job, c, r in zip(self.jobs, per_x, rows, strict=True):
+            if job.y_mask is not None and job.y_known is not None:
+                free[at : at + r, : space.y_size] = 1 - np.repeat(job.y_mask, c, axis=0)
+                known[at : at + r] = np.repeat(job.y_known, c, axis=0)
+            at += r
+        clamped = free[:, : space.y_size] == 0
+        v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+        step = np.concatenate(
+            [
+                np.full((r, 1), j.params.step_size, np.float32)
+                for j, r in zip(self.jobs, rows, strict=True)
+            ]
+        )
+        temperature = np.concatenate(
+            [
+                np.full((r, 1), j.params.temperature, np.float32)
+                for j, r in zip(self.jobs, rows, strict=True)
+            ]
+        )
+        total = max(job.params.chain_steps for job in self.jobs)
+        keep_times = {
+            job.params.steps + i * job.params.thin
+            for job in self.jobs
+            for i in range(job.params.kept_per_chain)
+        }
+        kept: list[tuple[int, Array, Array]] = []  # (t, v, energy) at keeping steps
+        trajectory: list[Array] = []
+        want_path = any(job.params.return_trajectory for job in self.jobs)
+        for t in range(total):
+            out = self.model.backend.energy(self._inputs(x, v, labels), grad=True)
+            g = space.join_grads(out.grads, len(v)) * free
+            if want_path:
+                trajectory.append(v[:, : space.y_size].copy())
+            if t in keep_times:
+                kept.append((t, v.copy(), out.energy))
+            xi = np.concatenate(
+                [
+                    rng.standard_normal((r, space.dim), dtype=np.float32)
+                    for rng, r in zip(self.rngs, rows, strict=True)
+                ]
+            )
+            v = v - step * g / temperature + np.sqrt(2 * step) * xi * free
+            space.project(v)
+            v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+        return self._chain_outcomes(kept, labels, rows, per_x, trajectory)
+
+    def _chain_outcomes(
+        self,
+        kept: list[tuple[int, Array, Array]],
+        labels: Array | None,
+        rows: list[int],
+        per_x: list[int],
+        trajectory: list[Array],
+    ) -> list[SampleOutcome]:
+        outcomes = []
+        at = 0
+        for job, r, chains in zip(self.jobs, rows, per_x, strict=True):
+            p = job.params
+            times = [p.steps + i * p.thin for i in range(p.kept_per_chain)]
+            states = [(v[at : at + r], e[at : at + r]) for t, v, e in kept if t in times]
+            # [kept, N * chains, D] -> per x: chain-major, then in time order
+            v_all = np.stack([s[0] for s in states], axis=1).reshape(
+                job.rows_x, chains * len(states), -1
+            )
+            e_all = np.stack([s[1] for s in states], axis=1).reshape(
+                job.rows_x, chains * len(states)
+            )
+            l_all = None
+            if labels is not None:
+                l_all = np.repeat(labels[at : at + r, 0], len(states)).reshape(job.rows_x, -1)
+            path = None
+            if job.params.return_trajectory and trajectory:
+                path = np.stack([f[at : at + r] for f in trajectory], axis=1).reshape(
+                    job.rows_x, chains, len(trajectory), -1
+                )
+            outcomes.append(
+                self._package(
+                    job,
+                    v_all[:, : p.n],
+                    e_all[:, : p.n],
+                    None if l_all is None else l_all[:, : p.n],
+                    path,
+                    p.chain_steps,
+                )
+            )
+            at += r
+        return outcomes
+
+    def _outcomes(
+        self,
+        v: Array,
+        energy: Array,
+        labels: Array | None,
+        rows: list[int],
+        per_x: list[int],
+        paths: list[Array | None],
+        steps: int,
+    ) -> list[SampleOutcome]:
+        outcomes, at = [], 0
+        for job, r, k, path in zip(self.jobs, rows, per_x, paths, strict=True):
+            part = slice(at, at + r)
+            outcomes.append(
+                self._package(
+                    job,
+                    v[part].reshape(job.rows_x, k, -1),
+                    energy[part].reshape(job.rows_x, k),
+                    None if labels is None else labels[part, 0].reshape(job.rows_x, k),
+                    path,
+                    steps,
+                )
+            )
+            at += r
+        return outcomes
+
+    def _package(
+        self,
+        job: SampleJob,
+        v: Array,
+        energy: Array,
+        labels: Array | None,
+        path: Array | None,
+        steps: int,
+    ) -> SampleOutcome:
+        manifest, space = self.model.manifest, self.space
+        per_x = []
+        for i in range(job.rows_x):
+            row = []
+            for j in range(v.shape[1]):
+                sample: dict[str, Any] = {
+                    "y": v[i, j, : space.y_size].reshape(manifest.y.shape).tolist(),
+                    "energy": float(energy[i, j]),
+                }
+                if space.z_size:
+                    assert manifest.z is not None
+                    sample["z"] = v[i, j, space.y_size :].reshape(manifest.z.shape).tolist()
+                elif labels is not None:
+                    sample["z"] = int(labels[i, j])
+                if path is not None and j < path.shape[1]:
+                    sample["trajectory"] = [
+                        point.reshape(manifest.y.shape).tolist() for point in path[i, j]
+                    ]
+                row.append(sample)
+            per_x.append(row)
+        stats = {
+            "method": "langevin" if job.uses_chains else "prior",
+            "steps_run": steps,
+            "samples": job.rows_x * job.params.n,
+            "seed": job.params.seed,
+            "coalesced_jobs": len(self.jobs),
+            "time_ms": round((time.monotonic() - self.started) * 1000, 3),
+        }
+        return SampleOutcome(per_x, stats)
+
+
+def sample_runner(model: LoadedModel) -> Callable[[Sequence[SampleJob]], list[SampleOutcome]]:
+    """A batch runner: decoder jobs and chain jobs each share their backend calls; seeded
+    jobs run alone when the backend's rows depend on their batch."""
+
+    def run(jobs: Sequence[SampleJob]) -> list[SampleOutcome]:
+        outcomes: dict[int, SampleOutcome] = {}
+        groups: dict[bool, list[int]] = {}
+        alone: list[list[int]] = []
+        for i, job in enumerate(jobs):
+            if job.params.seeded and not model.rows_independent:
+                alone.append([i])
+            else:
+                groups.setdefault(job.uses_chains, []).append(i)
+        for group in [*groups.values(), *alone]:
+            sampler = Sampler(model, [jobs[i] for i in group])
+            chains = jobs[group[0]].uses_chains
+            results = sampler.chain_samples() if chains else sampler.decode_samples()
+            outcomes.update(zip(group, results, strict=True))
+        return [outcomes[i] for i in range(len(jobs))]
+
+    return run
