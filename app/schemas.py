@@ -49,14 +49,31 @@ class EnergyRequest(BaseModel):
     deadline_ms: float | None = Field(
         None, gt=0, le=600_000, description="Give up (504) after this long; default server's."
     )
+    free_energy: Literal["min", "marginal"] | None = Field(
+        None,
+        description="Latent models, z omitted: reduce E(x, y, z) over z. min: F = min_z E "
+        "(enumeration of a discrete z, multi-start descent over a continuous one; returns the "
+        "arg-min z). marginal: F = -1/beta log mean_z exp(-beta E) over every label of a "
+        "discrete z, or num_samples prior samples of a continuous one.",
+    )
+    beta: float | None = Field(
+        None, gt=0, le=1e6, description="Inverse temperature of the marginal; default the model's."
+    )
+    num_samples: int | None = Field(
+        None, ge=1, le=100_000, description="Prior samples of a continuous z for the marginal."
+    )
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Seeds prior samples and descent starts."
+    )
 
 
 class EnergyResponse(BaseModel):
     model: str
     version: int
-    energy: list[float] = Field(description="E(x, y) per row [N].")
+    energy: list[float] = Field(description="E(x, y) per row [N], or F(x, y) with free_energy.")
     grad_y: NestedList | None = Field(None, description="dE/dy [N, *y_shape], with grad.")
     grad_z: NestedList | None = Field(None, description="dE/dz [N, *z_shape], with grad.")
+    z: list[Any] | None = Field(None, description="With free_energy=min: the arg-min z per row.")
 
 
 class SearchFields(BaseModel):

@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.api.free_energy import free_energy
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
 from app.api.tensors import pair_inputs
+from app.errors import InvalidInput
 from app.inference.scoring import ScoreJob
 from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
 
@@ -44,6 +46,10 @@ async def energy(
     settings: SettingsDep,
 ) -> Response:
     model = registry.get(name, body.version)
+    if body.free_energy is not None:
+        return json_response(await free_energy(model, body, dispatcher, settings))
+    if body.beta is not None or body.num_samples is not None:
+        raise InvalidInput("beta and num_samples go with free_energy: 'min' or 'marginal'")
     inputs = pair_inputs(
         model.manifest,
         {"x": body.x, "y": body.y, "z": body.z},

@@ -1,0 +1,105 @@
+"""/energy with ``free_energy``: F(x, y) of a latent model, z reduced by min or marginal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from app.api.search import check_cost
+from app.api.tensors import to_batch
+from app.config import Settings
+from app.dispatch.base import Dispatcher
+from app.errors import InvalidInput, PayloadTooLarge
+from app.inference.free_energy import latent_values, marginal, minimum, pair_with_latents
+from app.inference.params import resolve
+from app.inference.scoring import ScoreJob
+from app.inference.search import SearchJob
+from app.registry.backends.base import Array
+from app.registry.loader import LoadedModel
+from app.schemas import EnergyRequest
+
+
+def observed_pairs(model: LoadedModel, body: EnergyRequest) -> dict[str, Array]:
+    """x (conditional models) and y, checked and paired row by row; z must be absent."""
+    manifest, name = model.manifest, model.name
+    if manifest.z is None:
+        raise InvalidInput(
+            f"model '{name}' has no latent variable: free_energy needs a latent model; "
+            "omit free_energy to get E(x, y)"
+        )
+    if body.z is not None:
+        raise InvalidInput("free_energy reduces z away: omit z (or omit free_energy)")
+    if body.grad:
+        raise InvalidInput("grad is not available with free_energy; ask for E(x, y, z) instead")
+    if (body.x is not None) != (manifest.x is not None):
+        what = "is unconditional: omit x" if manifest.x is None else "needs x"
+        raise InvalidInput(f"model '{name}' {what}")
+    limit = manifest.batching.max_rows_per_request
+    if isinstance(body.y, list) and len(body.y) > limit:
+        raise PayloadTooLarge(
+            f"request has {len(body.y)} rows; model '{name}' accepts at most {limit} per request"
+        )
+    inputs = {"y": to_batch("y", body.y, manifest.y, name)}
+    if manifest.x is not None:
+        inputs = {"x": to_batch("x", body.x, manifest.x, name), **inputs}
+        if len(inputs["x"]) != len(inputs["y"]):
+            raise InvalidInput(
+                f"inputs must pair row by row, but x has {len(inputs['x'])} and y "
+                f"{len(inputs['y'])} rows"
+            )
+    return inputs
+
+
+async def free_energy(
+    model: LoadedModel, body: EnergyRequest, dispatcher: Dispatcher, settings: Settings
+) -> dict[str, Any]:
+    inputs = observed_pairs(model, body)
+    manifest = model.manifest
+    assert manifest.z is not None
+    rows = len(inputs["y"])
+    timeout_s = (body.deadline_ms or settings.request_timeout_ms) / 1000
+    seed = body.seed if body.seed is not None else 0
+    response: dict[str, Any] = {"model": model.name, "version": model.version}
+    if body.free_energy == "min" and manifest.z.kind == "continuous":
+        params = resolve(manifest, {"method": "gd", "k": 1, "seed": seed})
+        check_cost(manifest, rows, params.num_starts, params.steps, settings)
+        y = inputs["y"].reshape(rows, -1)
+        job = SearchJob(
+            x=inputs.get("x"),
+            rows_x=rows,
+            params=params,
+            y_known=y,
+            y_mask=np.ones_like(y, dtype=bool),
+            deadline=time.monotonic() + timeout_s,
+        )
+        outcome = await dispatcher.predict(model, job)
+        best = [row[0] for row in outcome.predictions]
+        response["energy"] = [b["energy"] for b in best]
+        response["z"] = [b["z"] for b in best]
+        response["stats"] = outcome.stats
+        return response
+    count = body.num_samples or manifest.inference.num_samples
+    latents = latent_values(manifest, count, seed)
+    check_cost(manifest, rows, len(latents), 1, settings)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    scored = await dispatcher.score(
+        model, ScoreJob(pair_with_latents(inputs, latents)), False, deadline
+    )
+    energy = scored.energy.reshape(rows, len(latents))
+    if body.free_energy == "min":
+        f, index = minimum(energy)
+        response["energy"] = f
+        response["z"] = [_latent(manifest.z.kind, latents[i]) for i in index]
+    else:
+        beta = body.beta or manifest.inference.beta
+        response["energy"] = marginal(energy, beta)
+        response["beta"] = beta
+        response["num_samples"] = len(latents)
+    return response
+
+
+def _latent(kind: str, value: Array) -> Any:
+    return int(value[0]) if kind == "discrete" else value.tolist()
