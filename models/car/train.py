@@ -52,9 +52,12 @@ LR = 1e-3
 X_ZOOM, Y_ZOOM = 2.0, 4.0
 MSE_STEPS = 3000
 N_HELDOUT, GRID = 500, 161
+# The service's defaults (its gd is Adam: step_size is the first move in metres, decaying).
 INFERENCE = InferenceDefaults(
-    method="auto", k=2, num_starts=64, steps=100, step_size=0.01, merge_radius=0.5
+    method="gd", k=2, num_starts=64, steps=100, step_size=0.3, merge_radius=0.5, tol=0.5
 )
+# The recipe's own check of the landscape: plain gradient descent, y -= 0.01 * dE/dy.
+PLAIN_GD = InferenceDefaults(k=2, num_starts=64, steps=100, step_size=0.01, merge_radius=0.5)
 
 
 def swerve_fraction(x: np.ndarray) -> np.ndarray:
@@ -251,26 +254,26 @@ def grid_valleys(model: CarEnergy, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def gd_valleys(model: CarEnergy, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """What plain gradient descent with INFERENCE's defaults finds: num_starts uniform starts,
+    """What plain gradient descent with PLAIN_GD's settings finds: num_starts uniform starts,
     y -= step_size * dE/dy clamped to the bounds, merged greedily (lowest first) within
     merge_radius, the k lowest kept. [N, k, 2], NaN where fewer than k were distinct."""
     gen = torch.Generator().manual_seed(seed)
     lo, hi = torch.tensor(Y_LOW), torch.tensor(Y_HIGH)
-    n, s = len(x), INFERENCE.num_starts
+    n, s = len(x), PLAIN_GD.num_starts
     y = lo + (hi - lo) * torch.rand(n, s, 2, generator=gen)
     xs = x[:, None, :].expand(-1, s, -1)
-    for _ in range(INFERENCE.steps):
+    for _ in range(PLAIN_GD.steps):
         y.requires_grad_(True)
         (grad,) = torch.autograd.grad(model(xs, y).sum(), [y])
-        y = torch.clamp(y.detach() - INFERENCE.step_size * grad, lo, hi)
+        y = torch.clamp(y.detach() - PLAIN_GD.step_size * grad, lo, hi)
     with torch.no_grad():
         energy = model(xs, y)
-    out = torch.full((n, INFERENCE.k, 2), float("nan"))
+    out = torch.full((n, PLAIN_GD.k, 2), float("nan"))
     for i in range(n):
         kept: list[torch.Tensor] = []
         for j in torch.argsort(energy[i]).tolist():
-            if len(kept) < INFERENCE.k and all(
-                _dist(y[i, j], k) > INFERENCE.merge_radius for k in kept
+            if len(kept) < PLAIN_GD.k and all(
+                _dist(y[i, j], k) > PLAIN_GD.merge_radius for k in kept
             ):
                 kept.append(y[i, j])
         out[i, : len(kept)] = torch.stack(kept)

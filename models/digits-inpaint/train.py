@@ -228,8 +228,8 @@ def f_inf(
 
 @torch.enable_grad()
 def gd_predict(model: InpaintEnergy, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, int]:
-    """What /predict with INFERENCE's defaults is meant to do on this model: num_starts z from
-    the prior, y started at Dec(x, z), plain gradient steps on (y, z) clamped to the bounds,
+    """Plain gradient descent with INFERENCE's settings: num_starts z from the prior, y
+    started at Dec(x, z), plain gradient steps on (y, z) clamped to the bounds,
     a greedy merge by energy within merge_radius (L2 in 0..16 units), the k lowest kept.
     Returns [N, k, 4, 8] (NaN where fewer than k were distinct) and how many were short."""
     n, s, d = len(x), INFERENCE.num_starts, INFERENCE

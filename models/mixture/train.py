@@ -24,7 +24,14 @@ import torch
 from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]  # via sklearn
 from torch import nn
 
-from app.registry.manifest import Batching, Card, InferenceDefaults, TensorSpec, Training
+from app.registry.manifest import (
+    Batching,
+    Card,
+    InferenceDefaults,
+    MethodSettings,
+    TensorSpec,
+    Training,
+)
 from app.training.publish import publish
 from app.training.recipe import recipe_main
 
@@ -40,8 +47,17 @@ N_TRAIN, N_HELDOUT = 4000, 2000
 # restarts (same seed, so the same ones every run) makes a bad start harmless.
 N_INIT, MAX_ITER = 4, 100
 BETA = 1.0  # the F_beta reported on the card (beta = 1: the mixture's likelihood)
+# gd is Adam (step_size = first move, decaying); Langevin steps stay well inside the
+# stability limit 2 sigma^2 of the 1 / (2 sigma^2) curvature.
 INFERENCE = InferenceDefaults(
-    method="gd", k=K, num_starts=64, steps=100, step_size=0.01, merge_radius=0.5
+    method="gd",
+    k=K,
+    num_starts=64,
+    steps=100,
+    step_size=0.1,
+    merge_radius=0.5,
+    tol=0.5,
+    methods={"langevin": MethodSettings(step_size=0.002, noise_scale=1.0)},
 )
 
 

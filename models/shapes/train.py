@@ -55,9 +55,12 @@ N_CHAINS = 2048  # persistent Langevin chains (replay buffer), one shape instanc
 CHAIN_STEPS, CHAIN_RESET = 4, 0.03  # Langevin steps per training step, share restarted
 LANGEVIN_STEP, LANGEVIN_NOISE = 0.005, 0.01
 N_HELDOUT = 200
+# The service's defaults: its gd is Adam, step_size the first move per coordinate (decaying).
 INFERENCE = InferenceDefaults(
-    method="gd", k=1, num_starts=8, steps=100, step_size=0.01, noise_scale=0.0, merge_radius=0.5
+    method="gd", k=1, num_starts=8, steps=100, step_size=0.1, noise_scale=0.0, merge_radius=0.5
 )
+# The recipe's own generation check: plain gradient descent, y -= 0.01 * dE/dy.
+PLAIN_GD = InferenceDefaults(k=1, num_starts=8, steps=100, step_size=0.01, merge_radius=0.5)
 
 
 def sample_instances(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -433,14 +436,14 @@ def train_energy(steps: int, seed: int) -> ShapeEnergy:
 
 # --- evaluation ----------------------------------------------------------------------------
 def generate(model: ShapeEnergy, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the service runs with INFERENCE's defaults: num_starts uniform random sets in the
+    """Plain gradient descent with PLAIN_GD's settings: num_starts uniform random sets in the
     bounds, plain gradient descent clipped to the bounds, the lowest-energy set kept (k=1).
     Returns (all final sets [n, S, N, 2], index of the lowest-energy start [n])."""
     gen = torch.Generator().manual_seed(seed)
-    n, s = x.shape[0], INFERENCE.num_starts
+    n, s = x.shape[0], PLAIN_GD.num_starts
     y = BOUND * (2 * torch.rand(n * s, N, 2, generator=gen) - 1)
     xs = x.repeat_interleave(s, dim=0)
-    y = descend(model, xs, y, INFERENCE.steps, INFERENCE.step_size, 0.0, gen)
+    y = descend(model, xs, y, PLAIN_GD.steps, PLAIN_GD.step_size, 0.0, gen)
     with torch.no_grad():
         energy = model(xs, y).reshape(n, s)
     return y.reshape(n, s, N, 2), energy.argmin(dim=1)

@@ -58,6 +58,8 @@ GD_STARTS = 1024  # 8 groups of the default 128 starts
 INFERENCE = InferenceDefaults(
     method="gd", k=8, num_starts=128, steps=200, step_size=0.1, merge_radius=0.2
 )
+# The recipe's own descent check (plain gradient steps; the service's gd is Adam).
+PLAIN_GD = INFERENCE
 
 
 def spiral_at(theta: np.ndarray) -> np.ndarray:
@@ -283,10 +285,10 @@ def evaluate(model: SpiralDAE, n_eval: int, grid: int, gd_starts: int, seed: int
         out[f"recon_sigma{sigma}_noisy_mse"] = float((noisy - data).pow(2).sum(-1).mean())
         out[f"recon_sigma{sigma}_output_distance_to_spiral_mean"] = float(true_distance(rec).mean())
 
-    # Gradient descent from uniform starts, as /predict will do it.
+    # Plain gradient descent from uniform starts (PLAIN_GD's settings).
     starts = torch.from_numpy(rng.uniform(Y_LOW, Y_HIGH, (gd_starts, 2)).astype(np.float32))
     with torch.enable_grad():
-        ends = descend(model, starts, INFERENCE.steps, INFERENCE.step_size)
+        ends = descend(model, starts, PLAIN_GD.steps, PLAIN_GD.step_size)
     end_dist = true_distance(ends)
     out["gd_start_distance_mean"] = float(true_distance(starts).mean())
     out["gd_end_distance_mean"] = float(end_dist.mean())
@@ -297,11 +299,11 @@ def evaluate(model: SpiralDAE, n_eval: int, grid: int, gd_starts: int, seed: int
     # The defaults end to end, once per group of num_starts: merge, keep the k lowest modes.
     mode_dist = torch.cat(
         [
-            true_distance(merge(e, model(e), INFERENCE.merge_radius, INFERENCE.k))
-            for e in ends.split(INFERENCE.num_starts)
+            true_distance(merge(e, model(e), PLAIN_GD.merge_radius, PLAIN_GD.k))
+            for e in ends.split(PLAIN_GD.num_starts)
         ]
     )
-    out["predict_runs"] = len(ends.split(INFERENCE.num_starts))
+    out["predict_runs"] = len(ends.split(PLAIN_GD.num_starts))
     out["predict_modes_mean"] = len(mode_dist) / out["predict_runs"]
     out["predict_mode_within_0.05_share"] = float((mode_dist < 0.05).float().mean())
     out["predict_mode_distance_mean"] = float(mode_dist.mean())
@@ -331,7 +333,7 @@ def draw(model: SpiralDAE, path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed + 2000)
     starts = torch.from_numpy(rng.uniform(Y_LOW, Y_HIGH, (128, 2)).astype(np.float32))
     with torch.enable_grad():
-        ends = descend(model, starts, INFERENCE.steps, INFERENCE.step_size)
+        ends = descend(model, starts, PLAIN_GD.steps, PLAIN_GD.step_size)
 
     fig, ax = plt.subplots(figsize=(6.0, 5.2), dpi=90)
     extent = (Y_LOW[0], Y_HIGH[0], Y_LOW[1], Y_HIGH[1])
