@@ -78,6 +78,12 @@ class _Segment:
     trajectory: list[Array] = field(default_factory=list)
 
 
+def _cosine_decay(t: int, steps: int) -> float:
+    """From 1 at step 0 to FINAL_STEP_SHARE at the last step."""
+    frac = min(t / max(steps, 1), 1.0)
+    return FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 def _repeat_rows(a: Array, times: int) -> Array:
     return np.repeat(a, times, axis=0)
 
@@ -224,7 +230,7 @@ class Search:
                 s.evaluations += s.stop - s.start
             if self.method == "gd":
                 assert g is not None
-                self._adam_step(rows, g, t)
+                self._adam_step(rows, live, g, t)
             elif self.method == "langevin":
                 assert g is not None
                 self._langevin_step(rows, live, g, t)
@@ -250,31 +256,59 @@ class Search:
                 s.done = True
             at += n
 
-    def _schedule(self, rows: slice | np.ndarray, t: int) -> Array:
-        """Cosine decay from step_size to 1% of it over each row's steps, ``[r, 1]``."""
-        frac = np.minimum(t / np.maximum(self.steps[rows], 1.0), 1.0)
-        decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (1 + np.cos(np.pi * frac))
-        return (self.step_size[rows] * decay).astype(np.float32)
+    def _step_sizes(self, live: list[_Segment], t: int) -> np.float32 | Array:
+        """Each job's step at step t (cosine decay to 1%), as one float32 per job: a scalar
+        when all live jobs agree, else ``[r, 1]``. Computed per job in float64, so a job's
+        steps are the same bits alone or coalesced."""
+        per_job = [
+            np.float32(s.job.params.step_size * _cosine_decay(t, s.job.params.steps)) for s in live
+        ]
+        if all(v == per_job[0] for v in per_job):
+            return per_job[0]
+        return np.concatenate(
+            [
+                np.full((s.stop - s.start, 1), v, np.float32)
+                for s, v in zip(live, per_job, strict=True)
+            ]
+        )
 
-    def _adam_step(self, rows: slice | np.ndarray, g: Array, t: int) -> None:
-        self._adam_move(rows, g, np.float32(t), self._schedule(rows, t))
+    def _adam_step(self, rows: slice | np.ndarray, live: list[_Segment], g: Array, t: int) -> None:
+        self._adam_move(rows, g, np.float32(t), self._step_sizes(live, t))
 
     def _adam_move(
-        self, rows: slice | np.ndarray, g: Array, t: np.floating | Array, lr: Array
+        self,
+        rows: slice | np.ndarray,
+        g: Array,
+        t: np.floating | Array,
+        lr: np.floating | Array,
     ) -> None:
-        """One Adam step of size ``lr [r, 1]`` at (per-row) step count ``t``, projected."""
+        """One Adam step of size ``lr`` at (per-row) step count ``t``, projected."""
         b1, b2 = ADAM_BETAS
-        m1 = b1 * self.m1[rows] + (1 - b1) * g
-        m2 = b2 * self.m2[rows] + (1 - b2) * g * g
-        self.m1[rows], self.m2[rows] = m1, m2
+        if isinstance(rows, slice):  # every row live: update the moments in place
+            m1, m2 = self.m1, self.m2
+            m1 *= b1
+            m1 += (1 - b1) * g
+            m2 *= b2
+            m2 += (1 - b2) * g * g
+        else:
+            m1 = b1 * self.m1[rows] + (1 - b1) * g
+            m2 = b2 * self.m2[rows] + (1 - b2) * g * g
+            self.m1[rows], self.m2[rows] = m1, m2
         m1_hat = m1 / (1 - b1 ** (t + 1))
         m2_hat = m2 / (1 - b2 ** (t + 1))
         move = lr * m1_hat / (np.sqrt(m2_hat) + 1e-12)
-        self._move(rows, move.astype(np.float32), sign=-1.0)
+        self._move(rows, move.astype(np.float32, copy=False), sign=-1.0)
 
     def _move(self, rows: slice | np.ndarray, delta: Array, sign: float) -> None:
-        v = self.v[rows] + sign * delta
-        self.v[rows] = self.space.project(v)
+        if isinstance(rows, slice):
+            if sign < 0:
+                self.v -= delta
+            else:
+                self.v += delta
+            self.space.project(self.v)
+        else:
+            v = self.v[rows] - delta if sign < 0 else self.v[rows] + delta
+            self.v[rows] = self.space.project(v)
         self._clamp(rows)
 
     def _noise(self, live: list[_Segment]) -> Array:

@@ -76,7 +76,8 @@ class Space:
         if self.periodic.any():
             lo, hi = self.low[self.periodic], self.high[self.periodic]
             v[:, self.periodic] = lo + np.mod(v[:, self.periodic] - lo, hi - lo)
-        np.clip(v, self.low, self.high, out=v)
+        np.maximum(v, self.low, out=v)  # np.clip's wrapper costs more than the clipping
+        np.minimum(v, self.high, out=v)
         return v
 
     def sample(self, rng: np.random.Generator, rows: int) -> Array:
