@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import RegistryDep, SettingsDep
 from app.api.responses import json_response
 from app.dispatch.local import batching_limits
+from app.inference.params import default_method, method_settings, usable_methods
 from app.schemas import ErrorResponse, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -56,7 +58,14 @@ async def get_model(
         "x": manifest.x.model_dump(exclude_none=True) if manifest.x else None,
         "y": manifest.y.model_dump(exclude_none=True),
         "z": manifest.z.model_dump(exclude_none=True) if manifest.z else None,
-        "inference": manifest.inference.model_dump(),
+        "inference": manifest.inference.model_dump()
+        | {
+            "default_method": default_method(manifest),
+            # What each method runs with when a request sets nothing (see inference.params).
+            "effective": {
+                m: asdict(method_settings(m, manifest)) for m in usable_methods(manifest)
+            },
+        },
         "batching": manifest.batching.model_dump()
         | {"effective_max_batch_size": max_rows, "effective_max_delay_ms": max_delay_s * 1000},
         "card": manifest.card.model_dump(),
@@ -64,5 +73,6 @@ async def get_model(
         "training": manifest.training.model_dump(),
         "backend": model.backend.name,
         "parity": model.parity,
+        "rows_independent": model.rows_independent,
     }
     return json_response(body)

@@ -45,6 +45,13 @@ def default_method(manifest: Manifest) -> str:
     return "gd" if chosen in ("auto", "enumerate") else chosen
 
 
+def usable_methods(manifest: Manifest) -> list[str]:
+    """The methods this model's y admits: enumeration for a discrete y, else the optimisers."""
+    if manifest.y.kind == "discrete":
+        return ["enumerate"]
+    return ["gd", "langevin", "dfo"]
+
+
 def typical_range(manifest: Manifest) -> float:
     """Mean width of the bounded components of y (1 when y is unbounded): the scale of the
     built-in step sizes."""
