@@ -53,3 +53,20 @@ def serving_models(analytic_models: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def server(server_factory: Callable[..., Server], serving_models: Path) -> Server:
     return server_factory(serving_models)
+
+
+@pytest.fixture(scope="session")
+def search_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir with the analytic search energies (both backends): the double well
+    (conditional), the 8 Gaussians and the ring (unconditional). About 20 s to export."""
+    from tests.analytic import publish_search_models
+
+    root = tmp_path_factory.mktemp("search-models")
+    publish_search_models(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def search_server(server_factory: Callable[..., Server], search_models: Path) -> Server:
+    """A real server on the analytic search models, with the default settings."""
+    return server_factory(search_models)

@@ -237,7 +237,7 @@ class Search:
             elif self.method == "dfo":
                 self._dfo_step(live, energy, t)
             if g is not None and t + 1 >= MIN_STEPS_BEFORE_TOL:
-                self._stop_converged(live, g)
+                self._stop_converged(live, self.space.stationarity(self.v[rows], g))
             t += 1
             last_step_s = time.monotonic() - now
         return [results[i] for i in range(len(self.segments))]
@@ -247,8 +247,9 @@ class Search:
             return slice(None)
         return np.concatenate([np.arange(s.start, s.stop) for s in live])
 
-    def _stop_converged(self, live: list[_Segment], g: Array) -> None:
-        norms = np.sqrt(np.einsum("rd,rd->r", g, g))
+    def _stop_converged(self, live: list[_Segment], norms: Array) -> None:
+        """A job stops once every one of its starts is stationary (norms from before the
+        step just taken: the step only moved it closer)."""
         at = 0
         for s in live:
             n = s.stop - s.start
@@ -386,8 +387,8 @@ class Search:
         segments = [self.segments[i] for i in indices]
         rows = self._rows_of(segments) if len(segments) < len(self.segments) else slice(None)
         energy, g = self._evaluate(rows, grad=not gradient_free)
-        norms = None if g is None else np.sqrt(np.einsum("rd,rd->r", g, g))
         v = self.v[rows]
+        norms = None if g is None else self.space.stationarity(v, g)
         labels = None if self.labels is None else self.labels[rows, 0]
         out, at = [], 0
         for s in segments:

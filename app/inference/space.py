@@ -80,6 +80,14 @@ class Space:
         np.minimum(v, self.high, out=v)
         return v
 
+    def stationarity(self, v: Array, g: Array) -> Array:
+        """Norm of the projected gradient per row ``[R]``: components pushing out of a bound
+        the candidate sits on do not count (a minimum on the boundary is converged)."""
+        blocked = ((v <= self.low) & (g > 0)) | ((v >= self.high) & (g < 0))
+        free = np.where(blocked, 0.0, g)
+        norms: Array = np.sqrt(np.einsum("rd,rd->r", free, free))
+        return norms
+
     def sample(self, rng: np.random.Generator, rows: int) -> Array:
         """Starting candidates ``[rows, D]``: uniform within bounds, N(0, 1) for a normal-prior
         latent and for unbounded components (clipped to any bound they have)."""

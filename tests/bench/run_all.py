@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_energy
+from tests.bench import bench_energy, bench_predict
 
 
 def main() -> int:
     failures = 0
-    for name, bench in (("energy", bench_energy),):
+    for name, bench in (("energy", bench_energy), ("predict", bench_predict)):
         print(f"== {name}")
         failures += bench.main([]) != 0
     return 1 if failures else 0
