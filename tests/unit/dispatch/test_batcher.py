@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -242,3 +242,38 @@ def test_fast_batches_run_on_the_event_loop_slow_ones_in_the_executor() -> None:
     threads.clear()
     asyncio.run(scenario(inline_below_s=0.0))
     assert all(t.startswith("compute") for t in threads)
+
+
+def test_an_early_runner_hands_results_over_before_its_batch_ends() -> None:
+    """A search stops some jobs before others: their callers must not wait for the rest."""
+    release = threading.Event()
+
+    def runner(payloads: Sequence[int], deliver: Callable[[int, int], None]) -> list[int]:
+        deliver(0, payloads[0] * 10)  # job 0 is done at once
+        release.wait(5)  # job 1 keeps computing until the test says so
+        return [payloads[0] * 10, payloads[1] * 10]
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            early_runner=runner,
+            executor=ThreadPoolExecutor(1),
+            max_rows=8,
+            max_delay_s=0.05,
+            max_queue=10,
+            name="early",
+        )
+        # Both are queued before the batcher's loop first runs: one batch of two.
+        jobs = [asyncio.ensure_future(batcher.submit(v, 1, far())) for v in (1, 2)]
+        done, pending = await asyncio.wait(jobs, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+        assert [t.result() for t in done] == [10]
+        assert len(pending) == 1  # the second job is still computing
+        release.set()
+        assert await pending.pop() == 20
+        assert batcher.stats.batches == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_batcher_takes_exactly_one_kind_of_runner() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Batcher(executor=ThreadPoolExecutor(1), max_rows=1, max_delay_s=0, max_queue=1)
