@@ -20,6 +20,8 @@ class Mode:
 def gibbs_weights(energy: Array, temperature: float) -> np.ndarray:
     """softmax(-E / T) over candidates ``[S]``, in float64 (energies can be large)."""
     logits = -np.asarray(energy, np.float64) / temperature
+    if not np.isfinite(logits).any():
+        return np.zeros(len(logits))
     logits -= logits.max()
     w = np.exp(logits)
     total: np.ndarray = w / w.sum()

@@ -35,6 +35,7 @@ class SearchParams:
     seed: int
     seeded: bool  # the caller chose the seed: the answer must replay bit for bit
     return_trajectory: bool = False
+    refine_step_size: float = 0.0  # langevin: the first step of its noise-free Adam finish
 
 
 def default_method(manifest: Manifest) -> str:
@@ -132,4 +133,5 @@ def resolve(manifest: Manifest, request: Mapping[str, Any]) -> SearchParams:
         seed=int(seed) if seed is not None else secrets.randbits(63),
         seeded=seed is not None,
         return_trajectory=bool(given.get("return_trajectory", False)),
+        refine_step_size=method_settings("gd", manifest).step_size,
     )

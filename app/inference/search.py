@@ -25,10 +25,10 @@ from app.inference.space import Space
 from app.registry.backends.base import Array
 from app.registry.loader import LoadedModel
 
-ADAM_BETAS = (0.9, 0.999)
+ADAM_BETAS = (0.9, 0.99)  # second-moment memory ~100 steps, the length of a typical run
 FINAL_STEP_SHARE = 0.01  # every schedule decays the step to 1% of step_size
 LANGEVIN_MOVE_CLIP = 0.1  # a Langevin move is clipped to this share of each bound's width
-LANGEVIN_REFINE_SHARE = 0.2  # noise-free steps after the chain, as a share of its steps
+LANGEVIN_REFINE_SHARE = 0.5  # noise-free steps after the chain, as a share of its steps
 DFO_SHRINK = 0.5  # the resampling noise halves every iteration
 MIN_STEPS_BEFORE_TOL = 5  # a flat start must not look converged before it has moved
 
@@ -158,6 +158,7 @@ class Search:
             self._clamp(slice(None))
         self.step_size = self._per_row(lambda j: j.params.step_size)
         self.noise = self._per_row(lambda j: j.params.noise_scale)
+        self.refine_step = self._per_row(lambda j: j.params.refine_step_size)
         self.steps = self._per_row(lambda j: float(j.params.steps))
         self.m1 = np.zeros_like(self.v)
         self.m2 = np.zeros_like(self.v)
@@ -192,7 +193,7 @@ class Search:
 
     # --- the loop ---------------------------------------------------------------------
     def run(
-        self, deliver: Callable[[int, Candidates], None] | None = None, margin_s: float = 0.005
+        self, deliver: Callable[[int, Candidates], None] | None = None, margin_s: float = 0.02
     ) -> list[Candidates]:
         """Run every job to its step budget, convergence or deadline, re-scoring each job as
         it stops; ``deliver(i, candidates)`` hands job i's result over at once (a job that
@@ -237,7 +238,7 @@ class Search:
             elif self.method == "dfo":
                 self._dfo_step(live, energy, t)
             if g is not None and t + 1 >= MIN_STEPS_BEFORE_TOL:
-                self._stop_converged(live, self.space.stationarity(self.v[rows], g))
+                self._stop_converged(live, self.space.stationarity(self.v[rows], g), t)
             t += 1
             last_step_s = time.monotonic() - now
         return [results[i] for i in range(len(self.segments))]
@@ -247,13 +248,16 @@ class Search:
             return slice(None)
         return np.concatenate([np.arange(s.start, s.stop) for s in live])
 
-    def _stop_converged(self, live: list[_Segment], norms: Array) -> None:
+    def _stop_converged(self, live: list[_Segment], norms: Array, t: int) -> None:
         """A job stops once every one of its starts is stationary (norms from before the
-        step just taken: the step only moved it closer)."""
+        step just taken: the step only moved it closer). A Langevin chain is never cut
+        short: only its noise-free finish stops early."""
         at = 0
         for s in live:
             n = s.stop - s.start
-            if s.job.params.tol > 0 and float(norms[at : at + n].max()) < s.job.params.tol:
+            exploring = self.method == "langevin" and t < s.job.params.steps
+            tol = s.job.params.tol
+            if not exploring and tol > 0 and float(norms[at : at + n].max()) < tol:
                 s.done = True
             at += n
 
@@ -325,8 +329,8 @@ class Search:
     ) -> None:
         """Implicit-BC style: a polynomially decaying step, a separate noise scale, a clip on
         each move and on the bounds. The chain's ``steps`` are followed by noise-free Adam
-        refinement steps (started at the chain's first noise amplitude, sqrt(2 step_size)),
-        which settle each sample at the bottom of its valley."""
+        refinement steps (started at the model's gd step size), which settle each sample at
+        the bottom of its valley."""
         lr0, steps = self.step_size[rows], self.steps[rows]
         frac = np.minimum(t / np.maximum(steps - 1, 1.0), 1.0)
         final = lr0 * FINAL_STEP_SHARE
@@ -346,7 +350,7 @@ class Search:
         decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (
             1 + np.cos(np.pi * np.minimum(t_ref / refine_steps, 1.0))
         )
-        lr_ref = np.sqrt(2 * lr0[refining]) * decay
+        lr_ref = self.refine_step[rows][refining] * decay
         self._adam_move(index[refining], g[refining], t_ref, lr_ref.astype(np.float32))
 
     def _dfo_step(self, live: list[_Segment], energy: Array, t: int) -> None:
@@ -402,7 +406,7 @@ class Search:
             elif labels is not None:
                 z = labels[part].reshape(n, starts).copy()
             trajectory = None
-            if s.trajectory:
+            if s.job.params.return_trajectory:
                 frames = [*s.trajectory, y_flat]
                 trajectory = np.stack(frames).reshape(len(frames), n, starts, -1)
             out.append(

@@ -131,6 +131,16 @@ class InferenceDefaults(_Strict):
     )
     methods: dict[Method, MethodSettings] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _own_settings(self) -> InferenceDefaults:
+        # The field defaults suit gd; a manifest defaulting to another optimiser must say how
+        # it runs rather than inherit gd's numbers (no noise for Langevin, no jitter for dfo).
+        needed = {"num_starts", "steps", "step_size", "noise_scale"}
+        if self.method in ("langevin", "dfo") and not needed <= self.model_fields_set:
+            missing = ", ".join(sorted(needed - self.model_fields_set))
+            raise ValueError(f"default method {self.method} needs its own {missing}")
+        return self
+
 
 class Batching(_Strict):
     max_batch_size: int = Field(256, ge=1, description="Max rows coalesced into one call.")

@@ -54,7 +54,7 @@ INFERENCE = InferenceDefaults(
     k=K,
     num_starts=64,
     steps=100,
-    step_size=0.1,
+    step_size=0.2,  # a start assigned to a far cluster travels up to ~5: 0.1 fell short
     merge_radius=0.5,
     tol=0.5,
     methods={"langevin": MethodSettings(step_size=0.002, noise_scale=1.0)},
