@@ -33,6 +33,14 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         if any(token in str(exc.body) for token in ("NaN", "Infinity")):
             hint = "; NaN and Infinity are not JSON: send finite numbers only"
         return 400, "invalid_json", f"request body is not valid JSON: {reason}{where}{hint}"
+    if any(e.get("loc") == ("body",) and isinstance(e.get("input"), bytes | str) for e in errors):
+        # FastAPI reads a body as JSON only when the Content-Type says so (curl -d sends
+        # application/x-www-form-urlencoded): the object never got parsed.
+        return (
+            422,
+            "invalid_request",
+            "the body must be a JSON object sent with Content-Type: application/json",
+        )
     problems = []
     for err in errors[:10]:
         where = _location(tuple(err.get("loc", ())))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +24,12 @@ def batching_limits(model: LoadedModel, settings: Settings) -> tuple[int, float]
     max_rows = settings.max_batch_size or batching.max_batch_size
     delay_ms = batching.max_delay_ms if settings.max_delay_ms is None else settings.max_delay_ms
     return max_rows, delay_ms / 1000
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A ``time.monotonic()`` deadline (what compute threads compare against) on the event
+    loop's clock (what the batcher's timers use)."""
+    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
 
 
 class LocalDispatcher:
@@ -68,14 +76,14 @@ class LocalDispatcher:
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
         batcher = self._batcher(model, f"predict:{job.params.method}")
-        result: PredictOutcome = await batcher.submit(job, job.rows, job.deadline)
+        result: PredictOutcome = await batcher.submit(job, job.rows, _loop_time(job.deadline))
         return result
 
     async def sample(self, model: LoadedModel, job: SampleJob) -> SampleOutcome:
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
         result: SampleOutcome = await self._batcher(model, "sample").submit(
-            job, job.rows, job.deadline
+            job, job.rows, _loop_time(job.deadline)
         )
         return result
 

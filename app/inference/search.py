@@ -382,7 +382,7 @@ class Search:
         if self.labels is not None:
             self.labels[target] = self.labels[source]
         resampling = [s for s in live if t < s.steps]
-        scale = self.noise[target] * DFO_SHRINK**t * self.space.width
+        scale = self.noise[target] * DFO_SHRINK**t  # noise_scale is in y's units
         self._move(target, (scale * self._noise(resampling)).astype(np.float32), sign=1.0)
 
     # --- the end: re-score ------------------------------------------------------------

@@ -185,6 +185,15 @@ def test_bad_raw_body_gets_a_documented_4xx(
     assert response.json()["error"]["type"] == error_type
 
 
+def test_a_json_body_sent_without_its_content_type_says_so(server: Server) -> None:
+    body = b'{"x": [[0, 0]], "y": [[0, 0]]}'
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):
+        with server.client() as client:
+            response = client.post("/v1/models/quad/energy", content=body, headers=headers)
+        assert response.status_code == 422
+        assert "Content-Type: application/json" in response.json()["error"]["message"]
+
+
 def _read_response(sock: socket.socket) -> str:
     data = b""
     while b"\r\n\r\n" not in data:
