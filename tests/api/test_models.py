@@ -50,10 +50,26 @@ def test_openapi_documents_the_energy_endpoint_with_examples(server: Server) -> 
         spec = client.get("/openapi.json").json()
         docs = client.get("/docs")
     assert docs.status_code == 200
-    operation = spec["paths"]["/v1/models/{name}/energy"]["post"]
-    assert {"404", "413", "422", "429", "504"} <= set(operation["responses"])
-    schema = spec["components"]["schemas"]["EnergyRequest"]
-    assert schema["examples"]
+    for op, request in (
+        ("energy", "EnergyRequest"),
+        ("predict", "PredictRequest"),
+        ("sample", "SampleRequest"),
+    ):
+        operation = spec["paths"][f"/v1/models/{{name}}/{op}"]["post"]
+        assert {"404", "413", "422", "429", "504"} <= set(operation["responses"])
+        assert spec["components"]["schemas"][request]["examples"]
+
+
+def test_model_metadata_states_each_methods_effective_settings(server: Server) -> None:
+    with server.client() as client:
+        car = client.get("/v1/models/car").json()
+        digits = client.get("/v1/models/digits").json()
+    inference = car["inference"]
+    assert inference["default_method"] == "gd"
+    assert set(inference["effective"]) == {"gd", "langevin", "dfo"}
+    assert inference["effective"]["gd"]["step_size"] == inference["step_size"]
+    assert car["rows_independent"] is True  # onnxruntime rows do not depend on the batch
+    assert set(digits["inference"]["effective"]) == {"enumerate"}
 
 
 def test_a_broken_model_is_listed_unavailable_while_others_serve(
