@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from app.config import get_settings
@@ -44,8 +45,8 @@ def recipe_names(models_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in models_dir.glob("*/train.py"))
 
 
-def load_recipe(models_dir: Path, name: str) -> Callable[..., dict[str, Any]]:
-    """The ``train`` function of ``models/<name>/train.py`` (repository code, not served)."""
+def recipe_module(models_dir: Path, name: str) -> ModuleType:
+    """``models/<name>/train.py`` as a module (repository code, never loaded to serve)."""
     path = models_dir / name / "train.py"
     if not path.is_file():
         known = ", ".join(recipe_names(models_dir)) or "none"
@@ -55,7 +56,12 @@ def load_recipe(models_dir: Path, name: str) -> Callable[..., dict[str, Any]]:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    train: Callable[..., dict[str, Any]] = module.train
+    return module
+
+
+def load_recipe(models_dir: Path, name: str) -> Callable[..., dict[str, Any]]:
+    """The ``train`` function of ``models/<name>/train.py``."""
+    train: Callable[..., dict[str, Any]] = recipe_module(models_dir, name).train
     return train
 
 

@@ -2,10 +2,11 @@
 
 - A latent model with a decoder samples z from its prior and decodes, y = Dec(x, z): one
   decoder call and one energy call for all samples of all jobs.
-- Any other model runs Langevin chains on y (and a continuous z) in the standard form,
-  y <- y - step * dE/dy / T + sqrt(2 step) * xi, projected onto the bounds; a discrete latent
-  is drawn from its prior once per chain. After ``steps`` steps of burn-in every chain keeps
-  a state every ``thin`` steps until each x has ``n`` samples.
+- Any other model runs Langevin chains on y (and a continuous z) in the standard form for
+  exp(-E/T), y <- y - step * dE/dy + sqrt(2 step T) * xi, projected onto the bounds (the
+  drift does not grow as T falls: one step size is stable at every temperature); a
+  discrete latent is drawn from its prior once per chain. After ``steps`` steps of
+  burn-in every chain keeps a state every ``thin`` steps until each x has ``n`` samples.
 
 Fill in the blanks (``y_known``/``y_mask``) always takes the chain path: observed components
 stay clamped, the chains move the rest (starting, for decoder models, from decoded prior
@@ -204,7 +205,7 @@ class Sampler:
                     for rng, r in zip(self.rngs, rows, strict=True)
                 ]
             )
-            v = v - step * g / temperature + np.sqrt(2 * step) * xi * free
+            v = v - step * g + np.sqrt(2 * step * temperature) * xi * free
             space.project(v)
             v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
         return self._chain_outcomes(kept, labels, rows, per_x, trajectory)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -58,6 +57,7 @@ import httpx
 import numpy as np
 import orjson
 
+from app.cli import recipe_module
 from app.client.http1 import Connection, Target, encode_request, parse_url
 from tests.servers import REPO, Server, start_server, stop_server
 
@@ -89,14 +89,7 @@ QUICK = Config(
 
 # --------------------------------------------------------------------------- set-up
 def load_car_recipe(models_dir: Path) -> ModuleType:
-    """models/car/train.py as a module, imported as app/cli.py's load_recipe does."""
-    path = models_dir / "car" / "train.py"
-    spec = importlib.util.spec_from_file_location("ebm_recipe_car", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return recipe_module(models_dir, "car")
 
 
 def car_only_dir(root: Path, models_dir: Path) -> Path:

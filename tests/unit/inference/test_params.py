@@ -100,7 +100,7 @@ def test_a_manifest_defaulting_to_langevin_or_dfo_must_state_their_settings() ->
 def test_built_in_settings_scale_with_the_bounds_of_y() -> None:
     m = manifest(method="gd")  # the top-level settings belong to gd alone
     assert optimiser(resolve(m, {"method": "langevin"})) == (64, 100, pytest.approx(0.036), 1.0)
-    assert optimiser(resolve(m, {"method": "dfo"})) == (1024, 8, 1.0, pytest.approx(0.99))
+    assert optimiser(resolve(m, {"method": "dfo"})) == (2048, 8, 1.0, pytest.approx(0.99))
     m = manifest(method="dfo")
     assert optimiser(resolve(m, {"method": "gd"})) == (64, 100, pytest.approx(0.12), 0.0)
 
