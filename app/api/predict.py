@@ -11,8 +11,7 @@ from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.api.energy import ERRORS
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
-from app.api.search import check_cost, observations
-from app.api.tensors import known_components
+from app.api.search import check_cost, search_inputs
 from app.inference.params import resolve
 from app.inference.search import SearchJob
 from app.schemas import PredictRequest, PredictResponse
@@ -36,16 +35,15 @@ async def predict(
     model = registry.get(name, body.version)
     manifest = model.manifest
     params = resolve(manifest, body.model_dump(exclude={"x", "y_known", "y_mask", "version"}))
-    x, rows = observations(manifest, body.x, body.y_known)
-    y_known, y_mask = known_components(manifest, body.y_known, body.y_mask, rows)
-    check_cost(manifest, rows, params.num_starts, params.steps, settings)
+    given = search_inputs(manifest, body)
+    check_cost(manifest, given.rows, params.num_starts, params.steps, settings)
     timeout_ms = body.deadline_ms or settings.request_timeout_ms
     job = SearchJob(
-        x=x,
-        rows_x=rows,
+        x=given.x,
+        rows_x=given.rows,
         params=params,
-        y_known=y_known,
-        y_mask=y_mask,
+        y_known=given.y_known,
+        y_mask=given.y_mask,
         deadline=time.monotonic() + timeout_ms / 1000,
     )
     outcome = await dispatcher.predict(model, job)

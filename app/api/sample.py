@@ -12,8 +12,7 @@ from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
 from app.api.energy import ERRORS
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
-from app.api.search import check_cost, observations
-from app.api.tensors import known_components
+from app.api.search import check_cost, search_inputs
 from app.errors import InvalidInput
 from app.inference.params import method_settings
 from app.inference.sampling import SampleJob, SampleParams
@@ -42,8 +41,7 @@ async def sample(
             f"model '{name}' has a discrete y: use /predict with method 'enumerate', whose "
             "masses are the label probabilities at temperature T"
         )
-    x, rows = observations(manifest, body.x, body.y_known)
-    y_known, y_mask = known_components(manifest, body.y_known, body.y_mask, rows)
+    given = search_inputs(manifest, body)
     langevin = method_settings("langevin", manifest)
     chains = body.chains or body.n
     params = SampleParams(
@@ -61,16 +59,15 @@ async def sample(
         manifest.z is not None and manifest.z.kind == "continuous" and model.backend.has_decoder
     )
     job = SampleJob(
-        x=x,
-        rows_x=rows,
+        x=given.x,
+        rows_x=given.rows,
         params=params,
-        y_known=y_known,
-        y_mask=y_mask,
+        y_known=given.y_known,
+        y_mask=given.y_mask,
         decodes=decodes,
     )
-    check_cost(
-        manifest, rows, job.rows // rows, params.chain_steps if job.uses_chains else 1, settings
-    )
+    steps = params.chain_steps if job.uses_chains else 1
+    check_cost(manifest, given.rows, job.rows // given.rows, steps, settings)
     timeout_ms = body.deadline_ms or settings.request_timeout_ms
     job.deadline = time.monotonic() + timeout_ms / 1000
     outcome = await dispatcher.sample(model, job)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from app.api.tensors import to_batch
+import numpy as np
+
+from app.api.tensors import known_components, to_batch
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge
 from app.registry.backends.base import Array
 from app.registry.manifest import Manifest
+from app.schemas import SearchFields
 
 
 def observations(manifest: Manifest, x: Any, y_known: Any) -> tuple[Array | None, int]:
@@ -30,6 +34,21 @@ def observations(manifest: Manifest, x: Any, y_known: Any) -> tuple[Array | None
         )
     batch = to_batch("x", x, manifest.x, model)
     return batch, len(batch)
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    x: Array | None  # [N, *x] (None for unconditional models)
+    rows: int  # N
+    y_known: Array | None  # [N, Dy], fill in the blanks
+    y_mask: np.ndarray | None  # [N, Dy], true = observed
+
+
+def search_inputs(manifest: Manifest, body: SearchFields) -> SearchInputs:
+    """x, the row count and the fill-in-the-blanks inputs of a /predict or /sample body."""
+    x, rows = observations(manifest, body.x, body.y_known)
+    y_known, y_mask = known_components(manifest, body.y_known, body.y_mask, rows)
+    return SearchInputs(x, rows, y_known, y_mask)
 
 
 def check_cost(manifest: Manifest, rows: int, starts: int, steps: int, settings: Settings) -> None:
