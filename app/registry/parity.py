@@ -115,7 +115,8 @@ def rows_independent(backend: EnergyBackend, manifest: Manifest) -> bool:
 
     Kernels may pick another code path by batch size (torch's matrix-vector path at one
     row, blocking at a few rows), and then a search coalesced with other requests would not
-    replay a lone one bit for bit. Checked on the probe rows tiled to 97, cut at 1, 8 and 40.
+    replay a lone one bit for bit. Checked on the probe rows tiled to 97, cut at 1, 8 and 40,
+    for the energy (and gradients) and the decoder.
     """
     if manifest.probe is None:
         return False
@@ -131,4 +132,11 @@ def rows_independent(backend: EnergyBackend, manifest: Manifest) -> bool:
             return False
         if any(not np.array_equal(g, whole.grads[n][a:b]) for n, g in part.grads.items()):
             return False
+    if backend.has_decoder:  # searches and samples decode their starts in one call too
+        decoder_inputs = _decoder_inputs(manifest, tiled)
+        decoded = backend.decode(decoder_inputs)
+        for a, b in ((0, 1), (1, 8), (8, 40), (40, 97)):
+            part_inputs = {n: v[a:b] for n, v in decoder_inputs.items()}
+            if not np.array_equal(backend.decode(part_inputs), decoded[a:b]):
+                return False
     return True
