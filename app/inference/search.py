@@ -72,6 +72,7 @@ class _Segment:
     rng: np.random.Generator
     steps: int
     done: bool = False
+    frozen_any: bool = False  # some of its x have converged and stopped searching
     partial: bool = False
     steps_run: int = 0
     evaluations: int = 0
@@ -162,6 +163,7 @@ class Search:
         self.steps = self._per_row(lambda j: float(j.params.steps))
         self.m1 = np.zeros_like(self.v)
         self.m2 = np.zeros_like(self.v)
+        self.frozen = np.zeros(self.rows, bool)  # rows of x that have converged
 
     def _clamp(self, rows: slice | np.ndarray) -> None:
         if self.free is not None:
@@ -221,47 +223,68 @@ class Search:
             live = [s for s in self.segments if not s.done]
             if not live:
                 break
-            rows = self._rows_of(live)
+            parts = [self._live_rows(s) for s in live]
+            counts = [len(p) for p in parts]
+            rows = self._rows_of(live, parts)
             for s in live:
                 if s.job.params.return_trajectory:
                     s.trajectory.append(self.v[s.start : s.stop, : self.space.y_size].copy())
             energy, g = self._evaluate(rows, grad=not gradient_free)
-            for s in live:
+            for s, n in zip(live, counts, strict=True):
                 s.steps_run += 1
-                s.evaluations += s.stop - s.start
+                s.evaluations += n
             if self.method == "gd":
                 assert g is not None
-                self._adam_step(rows, live, g, t)
+                self._adam_step(rows, live, counts, g, t)
             elif self.method == "langevin":
                 assert g is not None
-                self._langevin_step(rows, live, g, t)
+                self._langevin_step(rows, live, counts, g, t)
             elif self.method == "dfo":
                 self._dfo_step(live, energy, t)
             if g is not None and t + 1 >= MIN_STEPS_BEFORE_TOL:
-                self._stop_converged(live, self.space.stationarity(self.v[rows], g), t)
+                norms = self.space.stationarity(self.v[rows], g)
+                self._stop_converged(live, parts, norms, t)
             t += 1
             last_step_s = time.monotonic() - now
         return [results[i] for i in range(len(self.segments))]
 
-    def _rows_of(self, live: list[_Segment]) -> slice | np.ndarray:
-        if len(live) == len(self.segments):
-            return slice(None)
-        return np.concatenate([np.arange(s.start, s.stop) for s in live])
+    def _live_rows(self, s: _Segment) -> np.ndarray:
+        """The rows of a running job still searching: those of its x not yet converged."""
+        rows = np.arange(s.start, s.stop)
+        return rows[~self.frozen[s.start : s.stop]] if s.frozen_any else rows
 
-    def _stop_converged(self, live: list[_Segment], norms: Array, t: int) -> None:
-        """A job stops once every one of its starts is stationary (norms from before the
-        step just taken: the step only moved it closer). A Langevin chain is never cut
-        short: only its noise-free finish stops early."""
+    def _rows_of(
+        self, live: list[_Segment], parts: list[np.ndarray] | None = None
+    ) -> slice | np.ndarray:
+        if len(live) == len(self.segments) and not any(s.frozen_any for s in live):
+            return slice(None)
+        parts = parts if parts is not None else [self._live_rows(s) for s in live]
+        return np.concatenate(parts)
+
+    def _stop_converged(
+        self, live: list[_Segment], parts: list[np.ndarray], norms: Array, t: int
+    ) -> None:
+        """Each x of a job stops searching once every one of its starts is stationary
+        (norms from before the step just taken: the step only moved it closer); the job
+        stops when all its x have. A Langevin chain is never cut short: only its
+        noise-free finish stops early."""
         at = 0
-        for s in live:
-            n = s.stop - s.start
+        for s, part in zip(live, parts, strict=True):
+            n, tol = len(part), s.job.params.tol
             exploring = self.method == "langevin" and t < s.job.params.steps
-            tol = s.job.params.tol
-            if not exploring and tol > 0 and float(norms[at : at + n].max()) < tol:
-                s.done = True
+            if not exploring and tol > 0:
+                starts = s.job.params.num_starts
+                block = (part - s.start) // starts
+                worst = np.zeros(s.job.rows_x)
+                np.maximum.at(worst, block, norms[at : at + n])
+                for b in np.unique(block[worst[block] < tol]):
+                    self.frozen[s.start + b * starts : s.start + (b + 1) * starts] = True
+                    s.frozen_any = True
+                if self.frozen[s.start : s.stop].all():
+                    s.done = True
             at += n
 
-    def _step_sizes(self, live: list[_Segment], t: int) -> np.float32 | Array:
+    def _step_sizes(self, live: list[_Segment], counts: list[int], t: int) -> np.float32 | Array:
         """Each job's step at step t (cosine decay to 1%), as one float32 per job: a scalar
         when all live jobs agree, else ``[r, 1]``. Computed per job in float64, so a job's
         steps are the same bits alone or coalesced."""
@@ -271,14 +294,18 @@ class Search:
         if all(v == per_job[0] for v in per_job):
             return per_job[0]
         return np.concatenate(
-            [
-                np.full((s.stop - s.start, 1), v, np.float32)
-                for s, v in zip(live, per_job, strict=True)
-            ]
+            [np.full((n, 1), v, np.float32) for n, v in zip(counts, per_job, strict=True)]
         )
 
-    def _adam_step(self, rows: slice | np.ndarray, live: list[_Segment], g: Array, t: int) -> None:
-        self._adam_move(rows, g, np.float32(t), self._step_sizes(live, t))
+    def _adam_step(
+        self,
+        rows: slice | np.ndarray,
+        live: list[_Segment],
+        counts: list[int],
+        g: Array,
+        t: int,
+    ) -> None:
+        self._adam_move(rows, g, np.float32(t), self._step_sizes(live, counts, t))
 
     def _adam_move(
         self,
@@ -316,16 +343,23 @@ class Search:
             self.v[rows] = self.space.project(v)
         self._clamp(rows)
 
-    def _noise(self, live: list[_Segment]) -> Array:
-        """Standard normal draws ``[r, D]``, each job's from its own generator."""
+    def _noise(self, live: list[_Segment], counts: list[int] | None = None) -> Array:
+        """Standard normal draws ``[r, D]``, each job's from its own generator (one row per
+        searching row of the job: ``counts``, default all its rows)."""
+        counts = counts if counts is not None else [s.stop - s.start for s in live]
         draws = [
-            s.rng.standard_normal((s.stop - s.start, self.space.dim), dtype=np.float32)
-            for s in live
+            s.rng.standard_normal((n, self.space.dim), dtype=np.float32)
+            for s, n in zip(live, counts, strict=True)
         ]
         return np.concatenate(draws) if len(draws) > 1 else draws[0]
 
     def _langevin_step(
-        self, rows: slice | np.ndarray, live: list[_Segment], g: Array, t: int
+        self,
+        rows: slice | np.ndarray,
+        live: list[_Segment],
+        counts: list[int],
+        g: Array,
+        t: int,
     ) -> None:
         """Implicit-BC style: a polynomially decaying step, a separate noise scale, a clip on
         each move and on the bounds. The chain's ``steps`` are followed by noise-free Adam
@@ -335,7 +369,7 @@ class Search:
         frac = np.minimum(t / np.maximum(steps - 1, 1.0), 1.0)
         final = lr0 * FINAL_STEP_SHARE
         lr = (lr0 - final) * (1 - frac) ** 2 + final
-        xi = self._noise(live)
+        xi = self._noise(live, counts)
         delta = -lr * g + self.noise[rows] * np.sqrt(2 * lr) * xi
         clip = LANGEVIN_MOVE_CLIP * self.space.width
         chain = (t < steps)[:, 0]
@@ -389,7 +423,9 @@ class Search:
     def _finish(self, indices: list[int], gradient_free: bool) -> list[Candidates]:
         """Re-score the stopped jobs' candidates at their final positions (one call)."""
         segments = [self.segments[i] for i in indices]
-        rows = self._rows_of(segments) if len(segments) < len(self.segments) else slice(None)
+        rows: slice | np.ndarray = slice(None)  # every row, the converged x's included
+        if len(segments) < len(self.segments):
+            rows = np.concatenate([np.arange(s.start, s.stop) for s in segments])
         energy, g = self._evaluate(rows, grad=not gradient_free)
         v = self.v[rows]
         norms = None if g is None else self.space.stationarity(v, g)

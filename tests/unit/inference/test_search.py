@@ -320,6 +320,31 @@ def test_tol_stops_the_search_once_every_start_is_flat(
     assert found.steps_run == 200
 
 
+def test_each_x_of_a_request_stops_searching_once_its_own_starts_are_flat(
+    registries: dict[BackendChoice, Registry],
+) -> None:
+    """Rows of an x that has converged drop out of the backend calls while the request's
+    other x keep going; the converged x keeps its answer, and replays the same."""
+    model = registries[BackendChoice.ONNX].get("double-well")
+    rows_x = [[-0.9], [0.0], [0.4], [0.95]]
+
+    def job() -> SearchJob:
+        return make_job(model, rows_x, method="gd", seed=3, steps=1000, tol=1e-2)
+
+    (found,) = Search(model, [job()]).run()
+    starts = job().params.num_starts
+    searched = found.evaluations - len(rows_x) * starts  # the final re-score is one pass
+    assert found.steps_run < 1000
+    assert searched < len(rows_x) * starts * found.steps_run  # some x stopped before others
+    assert found.grad_norm is not None
+    assert found.grad_norm.max() < 1e-2
+    for row, x0 in zip(found.y, rows_x, strict=True):
+        best = row[np.argsort(np.linalg.norm(row - double_well_minima(x0[0])[0], axis=1))[0]]
+        np.testing.assert_allclose(best, double_well_minima(x0[0])[0], atol=0.01)
+    (again,) = Search(model, [make_job(model, [[5.0]], seed=9, steps=3), job()]).run()[1:]
+    np.testing.assert_array_equal(again.y, found.y)
+
+
 def test_each_job_is_delivered_once_as_soon_as_it_stops(
     registries: dict[BackendChoice, Registry],
 ) -> None:
