@@ -69,6 +69,7 @@ class OptimiserSettings:
     steps: int
     step_size: float
     noise_scale: float
+    temperature: float
 
 
 def builtin_settings(method: str, manifest: Manifest) -> MethodSettings:
@@ -88,6 +89,7 @@ def method_settings(method: str, manifest: Manifest) -> OptimiserSettings:
     """The optimiser settings of ``method`` before any request override."""
     defaults = manifest.inference
     merged = builtin_settings(method, manifest).model_dump()
+    merged["temperature"] = defaults.temperature
     if method == default_method(manifest):
         merged.update({f: getattr(defaults, f) for f in OPTIMISER_FIELDS})
     override = defaults.methods.get(method)  # type: ignore[call-overload]
@@ -128,7 +130,7 @@ def resolve(manifest: Manifest, request: Mapping[str, Any]) -> SearchParams:
         steps=int(given.get("steps", settings.steps)),
         step_size=float(given.get("step_size", settings.step_size)),
         noise_scale=float(given.get("noise_scale", settings.noise_scale)),
-        temperature=float(given.get("temperature", defaults.temperature)),
+        temperature=float(given.get("temperature", settings.temperature)),
         merge_radius=float(given.get("merge_radius", defaults.merge_radius)),
         tol=float(given.get("tol", defaults.tol)),
         seed=int(seed) if seed is not None else secrets.randbits(63),

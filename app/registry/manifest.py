@@ -104,6 +104,9 @@ class MethodSettings(_Strict):
     steps: int | None = Field(None, ge=0)
     step_size: float | None = Field(None, gt=0)
     noise_scale: float | None = Field(None, ge=0)
+    temperature: float | None = Field(
+        None, gt=0, description="T of softmax(-E/T) for this method: dfo's resampling, masses."
+    )
 
 
 class InferenceDefaults(_Strict):
