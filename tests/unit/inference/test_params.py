@@ -206,3 +206,10 @@ def test_without_a_seed_each_request_draws_a_fresh_one() -> None:
 def test_trajectory_is_off_unless_asked() -> None:
     assert resolve(manifest(), {}).return_trajectory is False
     assert resolve(manifest(), {"return_trajectory": True}).return_trajectory is True
+
+
+def test_temperature_comes_from_the_request_else_the_method_else_the_top_level() -> None:
+    m = manifest(temperature=2.0, methods={"dfo": MethodSettings(temperature=5.0)})
+    assert resolve(m, {"method": "dfo"}).temperature == 5.0
+    assert resolve(m, {"method": "gd"}).temperature == 2.0
+    assert resolve(m, {"method": "dfo", "temperature": 0.5}).temperature == 0.5
