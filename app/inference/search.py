@@ -164,6 +164,30 @@ class Search:
         self.m1 = np.zeros_like(self.v)
         self.m2 = np.zeros_like(self.v)
         self.frozen = np.zeros(self.rows, bool)  # rows of x that have converged
+        self._index_blocks()
+
+    def _index_blocks(self) -> None:
+        """Blocks: one x's starts within one job (contiguous rows), each stopping on its own:
+        for every row its block, and for every block its job, first row, size, tol."""
+        block, segment, first, size, tol, chain = [], [], [], [], [], []
+        count = 0
+        for i, s in enumerate(self.segments):
+            n, starts = s.job.rows_x, s.job.params.num_starts
+            block.append(count + np.repeat(np.arange(n), starts))
+            segment.append(np.full(n, i))
+            first.append(s.start + starts * np.arange(n))
+            size.append(np.full(n, starts))
+            tol.append(np.full(n, s.job.params.tol if s.job.params.tol > 0 else -np.inf))
+            chain.append(np.full(n, s.job.params.steps))
+            count += n
+        self.block = np.concatenate(block)
+        self.block_ids = np.arange(count)
+        self.block_starts = np.concatenate(first)  # rows are in block order from row 0
+        self.block_segment = np.concatenate(segment)
+        self.block_first_row = np.concatenate(first)
+        self.block_rows = np.concatenate(size)
+        self.block_tol = np.concatenate(tol)
+        self.block_chain_steps = np.concatenate(chain)
 
     def _clamp(self, rows: slice | np.ndarray) -> None:
         if self.free is not None:
@@ -223,9 +247,8 @@ class Search:
             live = [s for s in self.segments if not s.done]
             if not live:
                 break
-            parts = [self._live_rows(s) for s in live]
-            counts = [len(p) for p in parts]
-            rows = self._rows_of(live, parts)
+            counts = [self._searching(s) for s in live]
+            rows = self._rows_of(live)
             for s in live:
                 if s.job.params.return_trajectory:
                     s.trajectory.append(self.v[s.start : s.stop, : self.space.y_size].copy())
@@ -243,7 +266,7 @@ class Search:
                 self._dfo_step(live, energy, t)
             if g is not None and t + 1 >= MIN_STEPS_BEFORE_TOL:
                 norms = self.space.stationarity(self.v[rows], g)
-                self._stop_converged(live, parts, norms, t)
+                self._stop_converged(live, rows, norms, t)
             t += 1
             last_step_s = time.monotonic() - now
         return [results[i] for i in range(len(self.segments))]
@@ -253,36 +276,43 @@ class Search:
         rows = np.arange(s.start, s.stop)
         return rows[~self.frozen[s.start : s.stop]] if s.frozen_any else rows
 
-    def _rows_of(
-        self, live: list[_Segment], parts: list[np.ndarray] | None = None
-    ) -> slice | np.ndarray:
+    def _searching(self, s: _Segment) -> int:
+        """How many of a running job's rows still search."""
+        if not s.frozen_any:
+            return s.stop - s.start
+        return int((~self.frozen[s.start : s.stop]).sum())
+
+    def _rows_of(self, live: list[_Segment]) -> slice | np.ndarray:
         if len(live) == len(self.segments) and not any(s.frozen_any for s in live):
             return slice(None)
-        parts = parts if parts is not None else [self._live_rows(s) for s in live]
-        return np.concatenate(parts)
+        return np.concatenate([self._live_rows(s) for s in live])
 
     def _stop_converged(
-        self, live: list[_Segment], parts: list[np.ndarray], norms: Array, t: int
+        self, live: list[_Segment], rows: slice | np.ndarray, norms: Array, t: int
     ) -> None:
         """Each x of a job stops searching once every one of its starts is stationary
         (norms from before the step just taken: the step only moved it closer); the job
         stops when all its x have. A Langevin chain is never cut short: only its
-        noise-free finish stops early."""
-        at = 0
-        for s, part in zip(live, parts, strict=True):
-            n, tol = len(part), s.job.params.tol
-            exploring = self.method == "langevin" and t < s.job.params.steps
-            if not exploring and tol > 0:
-                starts = s.job.params.num_starts
-                block = (part - s.start) // starts
-                worst = np.zeros(s.job.rows_x)
-                np.maximum.at(worst, block, norms[at : at + n])
-                for b in np.unique(block[worst[block] < tol]):
-                    self.frozen[s.start + b * starts : s.start + (b + 1) * starts] = True
-                    s.frozen_any = True
-                if self.frozen[s.start : s.stop].all():
-                    s.done = True
-            at += n
+        noise-free finish stops early. One pass over all rows: the searching rows are
+        whole blocks of one x's starts, in order, so a reduceat finds each x's worst."""
+        if isinstance(rows, slice):  # every row searching: the boundaries are known
+            firsts, ids = self.block_starts, self.block_ids
+        else:
+            blocks = self.block[rows]
+            firsts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
+            ids = blocks[firsts]
+        flat = np.maximum.reduceat(norms, firsts) < self.block_tol[ids]
+        if self.method == "langevin":
+            flat &= t >= self.block_chain_steps[ids]
+        if not flat.any():
+            return
+        for block in ids[flat]:
+            first = self.block_first_row[block]
+            self.frozen[first : first + self.block_rows[block]] = True
+            self.segments[self.block_segment[block]].frozen_any = True
+        for s in live:
+            if s.frozen_any and self.frozen[s.start : s.stop].all():
+                s.done = True
 
     def _step_sizes(self, live: list[_Segment], counts: list[int], t: int) -> np.float32 | Array:
         """Each job's step at step t (cosine decay to 1%), as one float32 per job: a scalar
