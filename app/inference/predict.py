@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.inference.batch import deterministic_groups
 from app.inference.modes import select_modes
 from app.inference.search import Candidates, Search, SearchJob
 from app.registry.loader import LoadedModel
@@ -76,19 +77,6 @@ def to_predictions(
         "time_ms": round(found.elapsed_s * 1000, 3),
     }
     return PredictOutcome(per_x, stats)
-
-
-def deterministic_groups(jobs: Sequence[SearchJob], rows_independent: bool) -> list[list[int]]:
-    """Which jobs may share backend calls without changing anyone's answer.
-
-    When the backend's rows depend on the batch around them (checked at load), a job whose
-    caller chose the seed runs in its own calls, so it replays bit for bit; the others share.
-    """
-    if rows_independent:
-        return [list(range(len(jobs)))]
-    shared = [i for i, job in enumerate(jobs) if not job.params.seeded]
-    alone = [[i] for i, job in enumerate(jobs) if job.params.seeded]
-    return ([shared] if shared else []) + alone
 
 
 Deliver = Callable[[int, PredictOutcome], None]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from app.inference.batch import deterministic_groups, per_row
 from app.inference.space import Space
 from app.registry.backends.base import Array
 from app.registry.loader import LoadedModel
@@ -119,22 +120,6 @@ class Sampler:
         ]
         return np.concatenate(draws).astype(np.float32)[:, None]
 
-    def _inputs(self, x: Array | None, v: Array, labels: Array | None) -> dict[str, Array]:
-        y, z = self.space.split(v)
-        inputs: dict[str, Array] = {} if x is None else {"x": x}
-        inputs["y"] = np.ascontiguousarray(y)
-        if z is not None:
-            inputs["z"] = np.ascontiguousarray(z)
-        elif labels is not None:
-            inputs["z"] = labels
-        return inputs
-
-    def _decoded(self, x: Array | None, z: Array) -> Array:
-        assert self.model.manifest.z is not None
-        z_in = z.reshape(len(z), *self.model.manifest.z.shape)
-        inputs = {"z": z_in} if x is None else {"x": x, "z": z_in}
-        return self.model.backend.decode(inputs).reshape(len(z), -1)
-
     # --- prior and decode -------------------------------------------------------------
     def decode_samples(self) -> list[SampleOutcome]:
         per_x = [job.params.n for job in self.jobs]
@@ -146,8 +131,9 @@ class Sampler:
                 for job, rng, r in zip(self.jobs, self.rngs, rows, strict=True)
             ]
         )
-        v = np.concatenate([self._decoded(x, z), z], axis=1)
-        energy = self.model.backend.energy(self._inputs(x, v, None), grad=False).energy
+        v = np.concatenate([self.space.decode(self.model.backend, x, z), z], axis=1)
+        inputs = self.space.energy_inputs(v, x, None)
+        energy = self.model.backend.energy(inputs, grad=False).energy
         return self._outcomes(v, energy, None, rows, per_x, [None] * len(self.jobs), 0)
 
     # --- Langevin chains --------------------------------------------------------------
@@ -159,7 +145,7 @@ class Sampler:
         labels = self._labels(rows)
         v = np.concatenate([space.sample(rng, r) for rng, r in zip(self.rngs, rows, strict=True)])
         if space.z_size and self.model.backend.has_decoder:
-            v[:, : space.y_size] = self._decoded(x, v[:, space.y_size :])
+            v[:, : space.y_size] = space.decode(self.model.backend, x, v[:, space.y_size :])
             space.project(v)
         free = np.ones_like(v)
         known = np.zeros((len(v), space.y_size), np.float32)
@@ -171,18 +157,8 @@ class Sampler:
             at += r
         clamped = free[:, : space.y_size] == 0
         v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
-        step = np.concatenate(
-            [
-                np.full((r, 1), j.params.step_size, np.float32)
-                for j, r in zip(self.jobs, rows, strict=True)
-            ]
-        )
-        temperature = np.concatenate(
-            [
-                np.full((r, 1), j.params.temperature, np.float32)
-                for j, r in zip(self.jobs, rows, strict=True)
-            ]
-        )
+        step = per_row([j.params.step_size for j in self.jobs], rows)
+        temperature = per_row([j.params.temperature for j in self.jobs], rows)
         total = max(job.params.chain_steps for job in self.jobs)
         keep_times = {
             job.params.steps + i * job.params.thin
@@ -193,7 +169,7 @@ class Sampler:
         trajectory: list[Array] = []
         want_path = any(job.params.return_trajectory for job in self.jobs)
         for t in range(total):
-            out = self.model.backend.energy(self._inputs(x, v, labels), grad=True)
+            out = self.model.backend.energy(space.energy_inputs(v, x, labels), grad=True)
             g = space.join_grads(out.grads, len(v)) * free
             if want_path:
                 trajectory.append(v[:, : space.y_size].copy())
@@ -324,18 +300,14 @@ def sample_runner(model: LoadedModel) -> Callable[[Sequence[SampleJob]], list[Sa
 
     def run(jobs: Sequence[SampleJob]) -> list[SampleOutcome]:
         outcomes: dict[int, SampleOutcome] = {}
-        groups: dict[bool, list[int]] = {}
-        alone: list[list[int]] = []
-        for i, job in enumerate(jobs):
-            if job.params.seeded and not model.rows_independent:
-                alone.append([i])
-            else:
-                groups.setdefault(job.uses_chains, []).append(i)
-        for group in [*groups.values(), *alone]:
-            sampler = Sampler(model, [jobs[i] for i in group])
-            chains = jobs[group[0]].uses_chains
-            results = sampler.chain_samples() if chains else sampler.decode_samples()
-            outcomes.update(zip(group, results, strict=True))
+        for shared in deterministic_groups(jobs, model.rows_independent):
+            for chains in (False, True):  # the two paths cannot share calls
+                group = [i for i in shared if jobs[i].uses_chains == chains]
+                if not group:
+                    continue
+                sampler = Sampler(model, [jobs[i] for i in group])
+                results = sampler.chain_samples() if chains else sampler.decode_samples()
+                outcomes.update(zip(group, results, strict=True))
         return [outcomes[i] for i in range(len(jobs))]
 
     return run

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.inference.batch import per_row
 from app.inference.params import SearchParams
 from app.inference.space import Space
 from app.registry.backends.base import Array
@@ -111,8 +112,8 @@ class Search:
 
     # --- set-up -------------------------------------------------------------------------
     def _per_row(self, value: Callable[[SearchJob], float]) -> Array:
-        return np.concatenate(
-            [np.full((s.stop - s.start, 1), value(s.job), np.float32) for s in self.segments]
+        return per_row(
+            [value(s.job) for s in self.segments], [s.stop - s.start for s in self.segments]
         )
 
     def _init_rows(self) -> None:
@@ -138,11 +139,9 @@ class Search:
             ).astype(np.float32)[:, None]
         if space.z_size and self.model.backend.has_decoder and self.method != "enumerate":
             # Latent models with a decoder start on their manifold: y = Dec(x, z0).
-            _, z = space.split(self.v)
-            assert z is not None
-            inputs = {"z": z} if self.x is None else {"x": self.x, "z": z}
-            decoded = self.model.backend.decode(inputs).reshape(self.rows, -1)
-            self.v[:, : space.y_size] = decoded
+            self.v[:, : space.y_size] = space.decode(
+                self.model.backend, self.x, self.v[:, space.y_size :]
+            )
             space.project(self.v)
         # Clamped components (fill in the blanks): values fixed, gradients zeroed.
         self.free: Array | None = None
@@ -197,16 +196,9 @@ class Search:
 
     # --- evaluation -------------------------------------------------------------------
     def _inputs(self, rows: slice | np.ndarray) -> dict[str, Array]:
-        y, z = self.space.split(self.v[rows])
-        inputs: dict[str, Array] = {}
-        if self.x is not None:
-            inputs["x"] = self.x[rows]
-        inputs["y"] = np.ascontiguousarray(y)
-        if z is not None:
-            inputs["z"] = np.ascontiguousarray(z)
-        elif self.labels is not None:
-            inputs["z"] = self.labels[rows]
-        return inputs
+        x = None if self.x is None else self.x[rows]
+        labels = None if self.labels is None else self.labels[rows]
+        return self.space.energy_inputs(self.v[rows], x, labels)
 
     def _evaluate(self, rows: slice | np.ndarray, grad: bool) -> tuple[Array, Array | None]:
         out = self.model.backend.energy(self._inputs(rows), grad)
@@ -323,9 +315,7 @@ class Search:
         ]
         if all(v == per_job[0] for v in per_job):
             return per_job[0]
-        return np.concatenate(
-            [np.full((n, 1), v, np.float32) for n, v in zip(counts, per_job, strict=True)]
-        )
+        return per_row(per_job, counts)
 
     def _adam_step(
         self,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.registry.backends.base import Array
+from app.registry.backends.base import Array, EnergyBackend
 from app.registry.manifest import Manifest, TensorSpec
 
 
@@ -106,6 +106,25 @@ class Space:
             return y, None
         assert self.manifest.z is not None
         return y, v[:, self.y_size :].reshape(rows, *self.manifest.z.shape)
+
+    def energy_inputs(self, v: Array, x: Array | None, labels: Array | None) -> dict[str, Array]:
+        """The backend's inputs for candidates ``v [R, D]``: x (conditional models), y, and z
+        (continuous from ``v``, or the discrete ``labels [R, 1]``)."""
+        y, z = self.split(v)
+        inputs: dict[str, Array] = {} if x is None else {"x": x}
+        inputs["y"] = np.ascontiguousarray(y)
+        if z is not None:
+            inputs["z"] = np.ascontiguousarray(z)
+        elif labels is not None:
+            inputs["z"] = labels
+        return inputs
+
+    def decode(self, backend: EnergyBackend, x: Array | None, z: Array) -> Array:
+        """y = Dec(x, z) flattened ``[R, Dy]`` for continuous latents ``z [R, Dz]``."""
+        assert self.manifest.z is not None
+        z_in = np.ascontiguousarray(z).reshape(len(z), *self.manifest.z.shape)
+        inputs = {"z": z_in} if x is None else {"x": x, "z": z_in}
+        return backend.decode(inputs).reshape(len(z), -1)
 
     def join_grads(self, grads: dict[str, Array], rows: int) -> Array:
         """dE/dv ``[R, D]`` from the backend's ``grad_y`` and ``grad_z``."""

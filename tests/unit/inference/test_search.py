@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from app.config import BackendChoice, Settings
+from app.inference.batch import deterministic_groups
 from app.inference.params import resolve
-from app.inference.predict import PredictOutcome, deterministic_groups, predict_runner
+from app.inference.predict import PredictOutcome, predict_runner
 from app.inference.search import (
     LANGEVIN_REFINE_SHARE,
     MIN_STEPS_BEFORE_TOL,
