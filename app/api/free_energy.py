@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from app.api.search import check_cost
-from app.api.tensors import to_batch
+from app.api.tensors import pair_inputs
 from app.config import Settings
 from app.dispatch.base import Dispatcher
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import InvalidInput
 from app.inference.free_energy import latent_values, marginal, minimum, pair_with_latents
 from app.inference.params import resolve
 from app.inference.scoring import ScoreJob
@@ -34,23 +34,9 @@ def observed_pairs(model: LoadedModel, body: EnergyRequest) -> dict[str, Array]:
         raise InvalidInput("free_energy reduces z away: omit z (or omit free_energy)")
     if body.grad:
         raise InvalidInput("grad is not available with free_energy; ask for E(x, y, z) instead")
-    if (body.x is not None) != (manifest.x is not None):
-        what = "is unconditional: omit x" if manifest.x is None else "needs x"
-        raise InvalidInput(f"model '{name}' {what}")
-    limit = manifest.batching.max_rows_per_request
-    if isinstance(body.y, list) and len(body.y) > limit:
-        raise PayloadTooLarge(
-            f"request has {len(body.y)} rows; model '{name}' accepts at most {limit} per request"
-        )
-    inputs = {"y": to_batch("y", body.y, manifest.y, name)}
-    if manifest.x is not None:
-        inputs = {"x": to_batch("x", body.x, manifest.x, name), **inputs}
-        if len(inputs["x"]) != len(inputs["y"]):
-            raise InvalidInput(
-                f"inputs must pair row by row, but x has {len(inputs['x'])} and y "
-                f"{len(inputs['y'])} rows"
-            )
-    return inputs
+    observed = [n for n in manifest.input_names if n != "z"]
+    given = {"x": body.x, "y": body.y}
+    return pair_inputs(manifest, given, manifest.batching.max_rows_per_request, observed)
 
 
 async def free_energy(

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.api.tensors import known_components, to_batch
+from app.api.tensors import check_row_limit, known_components, to_batch
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge
 from app.registry.backends.base import Array
@@ -27,11 +27,8 @@ def observations(manifest: Manifest, x: Any, y_known: Any) -> tuple[Array | None
         return None, len(y_known) if isinstance(y_known, list) and y_known else 1
     if x is None:
         raise InvalidInput(f"model '{model}' is conditional: x is required")
-    max_rows = manifest.batching.max_rows_per_request
-    if isinstance(x, list) and len(x) > max_rows:
-        raise PayloadTooLarge(
-            f"request has {len(x)} rows; model '{model}' accepts at most {max_rows} per request"
-        )
+    if isinstance(x, list):
+        check_row_limit(model, len(x), manifest.batching.max_rows_per_request)
     batch = to_batch("x", x, manifest.x, model)
     return batch, len(batch)
 

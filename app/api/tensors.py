@@ -6,6 +6,7 @@ Every refusal says what was wrong and what is allowed, e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
@@ -97,14 +98,24 @@ def _check_labels(name: str, batch: Array, spec: TensorSpec) -> None:
         )
 
 
+def check_row_limit(model: str, rows: int, max_rows: int) -> None:
+    """Refuse (413) a request of more rows than the model accepts."""
+    if rows > max_rows:
+        raise PayloadTooLarge(
+            f"request has {rows} rows; model '{model}' accepts at most {max_rows} per request"
+        )
+
+
 def pair_inputs(
     manifest: Manifest,
     given: dict[str, Any],
     max_rows: int,
+    names: Sequence[str] | None = None,
 ) -> dict[str, Array]:
-    """Check presence, shapes, row counts and limits of x/y/z; returns the float32 batches."""
+    """Check presence, shapes, row counts and limits of the inputs ``names`` (default all
+    of the energy's: x?, y, z?); returns the float32 batches."""
     model = manifest.name
-    required = manifest.input_names
+    required = list(names) if names is not None else manifest.input_names
     for name in ("x", "z"):
         if given.get(name) is not None and name not in required:
             what = "unconditional: omit x" if name == "x" else "has no latent variable: omit z"
@@ -112,12 +123,7 @@ def pair_inputs(
     missing = [n for n in required if given.get(n) is None]
     if missing:
         raise InvalidInput(f"model '{model}' needs {', '.join(missing)}; it takes {required}")
-    rows = {n: _row_count(given[n]) for n in required}
-    largest = max(rows.values())
-    if largest > max_rows:
-        raise PayloadTooLarge(
-            f"request has {largest} rows; model '{model}' accepts at most {max_rows} per request"
-        )
+    check_row_limit(model, max(_row_count(given[n]) for n in required), max_rows)
     batches = {n: to_batch(n, given[n], manifest.spec(n), model) for n in required}
     counts = {n: len(b) for n, b in batches.items()}
     if len(set(counts.values())) > 1:
