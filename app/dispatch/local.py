@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,16 +44,17 @@ class LocalDispatcher:
         self._batchers: dict[tuple[str, int, str], Batcher[Any, Any]] = {}
         self._closed = False
 
-    def _batcher(self, model: LoadedModel, op: str, grad: bool = False) -> Batcher[Any, Any]:
+    def _batcher(
+        self, model: LoadedModel, op: str, runners: Callable[[], dict[str, Any]]
+    ) -> Batcher[Any, Any]:
+        """The batcher of (model, version, op), made on first use with ``runners()`` (the
+        Batcher's ``runner`` or ``early_runner``)."""
         key = (model.name, model.version, op)
         batcher = self._batchers.get(key)
         if batcher is None:
             max_rows, max_delay_s = batching_limits(model, self._settings)
-            searching = op.startswith("predict:")
-            runner = sample_runner(model) if op == "sample" else score_runner(model.backend, grad)
             batcher = Batcher(
-                None if searching else runner,
-                early_runner=predict_runner(model) if searching else None,
+                **runners(),
                 executor=self._executor,
                 max_rows=max_rows,
                 max_delay_s=max_delay_s,
@@ -63,27 +65,52 @@ class LocalDispatcher:
             self._batchers[key] = batcher
         return batcher
 
+    async def _submit(
+        self,
+        model: LoadedModel,
+        op: str,
+        runners: Callable[[], dict[str, Any]],
+        job: Any,
+        rows: int,
+        deadline: float,
+    ) -> Any:
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and takes no new work")
+        return await self._batcher(model, op, runners).submit(job, rows, deadline)
+
     async def score(
         self, model: LoadedModel, job: ScoreJob, grad: bool, deadline: float
     ) -> EnergyOutput:
-        if self._closed:
-            raise ShuttingDown("the server is shutting down and takes no new work")
         op = "energy+grad" if grad else "energy"
-        result: EnergyOutput = await self._batcher(model, op, grad).submit(job, job.rows, deadline)
+        result: EnergyOutput = await self._submit(
+            model,
+            op,
+            lambda: {"runner": score_runner(model.backend, grad)},
+            job,
+            job.rows,
+            deadline,
+        )
         return result
 
     async def predict(self, model: LoadedModel, job: SearchJob) -> PredictOutcome:
-        if self._closed:
-            raise ShuttingDown("the server is shutting down and takes no new work")
-        batcher = self._batcher(model, f"predict:{job.params.method}")
-        result: PredictOutcome = await batcher.submit(job, job.rows, _loop_time(job.deadline))
+        result: PredictOutcome = await self._submit(
+            model,
+            f"predict:{job.params.method}",
+            lambda: {"early_runner": predict_runner(model)},
+            job,
+            job.rows,
+            _loop_time(job.deadline),
+        )
         return result
 
     async def sample(self, model: LoadedModel, job: SampleJob) -> SampleOutcome:
-        if self._closed:
-            raise ShuttingDown("the server is shutting down and takes no new work")
-        result: SampleOutcome = await self._batcher(model, "sample").submit(
-            job, job.rows, _loop_time(job.deadline)
+        result: SampleOutcome = await self._submit(
+            model,
+            "sample",
+            lambda: {"runner": sample_runner(model)},
+            job,
+            job.rows,
+            _loop_time(job.deadline),
         )
         return result
 
