@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from app.registry.manifest import Batching, Card, InferenceDefaults, TensorSpec, Training
+from app.registry.manifest import Card, InferenceDefaults, TensorSpec, Training
 from app.training.publish import publish
 from app.training.recipe import recipe_main
 
@@ -249,7 +249,6 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
         ),
         metrics=metrics,
         inference=INFERENCE,
-        batching=Batching(max_batch_size=256, max_delay_ms=2.0, max_rows_per_request=8192),
     )
     return metrics
 

@@ -25,7 +25,6 @@ from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
 from torch import nn
 
 from app.registry.manifest import (
-    Batching,
     Card,
     InferenceDefaults,
     MethodSettings,
@@ -336,7 +335,6 @@ def train(models_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict[str, 
         ),
         metrics=metrics,
         inference=INFERENCE,
-        batching=Batching(max_batch_size=256, max_delay_ms=2.0, max_rows_per_request=8192),
     )
     return metrics
 
