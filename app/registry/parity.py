@@ -59,6 +59,12 @@ def _decoder_inputs(manifest: Manifest, inputs: Mapping[str, Array]) -> dict[str
     return {n: inputs[n] for n in manifest.decoder_input_names}
 
 
+def _tiled(inputs: Mapping[str, Array], size: int) -> tuple[np.ndarray, dict[str, Array]]:
+    """The probe rows repeated to ``size`` rows: (which probe row each is, the batch)."""
+    index = np.arange(size) % len(next(iter(inputs.values())))
+    return index, {n: np.ascontiguousarray(v[index]) for n, v in inputs.items()}
+
+
 def _batch_size_diffs(
     backend: EnergyBackend, manifest: Manifest, inputs: Mapping[str, Array]
 ) -> dict[str, float]:
@@ -68,11 +74,9 @@ def _batch_size_diffs(
     of 8x8 images froze the batch at 8); the probe's own size would never show it.
     """
     expected = expected_probe_output(manifest).energy
-    rows = len(expected)
     diffs: dict[str, float] = {}
     for size in (1, 13):
-        index = np.arange(size) % rows
-        tiled = {n: np.ascontiguousarray(v[index]) for n, v in inputs.items()}
+        index, tiled = _tiled(inputs, size)
         try:
             energy = backend.energy(tiled, grad=bool(manifest.grad_names)).energy
         except Exception as exc:  # a frozen batch axis fails inside the runtime
@@ -120,13 +124,11 @@ def rows_independent(backend: EnergyBackend, manifest: Manifest) -> bool:
     """
     if manifest.probe is None:
         return False
-    inputs = probe_inputs(manifest)
-    rows = len(manifest.probe.energy)
-    index = np.arange(97) % rows
-    tiled = {n: np.ascontiguousarray(v[index]) for n, v in inputs.items()}
+    _, tiled = _tiled(probe_inputs(manifest), 97)
+    cuts = ((0, 1), (1, 8), (8, 40), (40, 97))
     grad = bool(manifest.grad_names)
     whole = backend.energy(tiled, grad)
-    for a, b in ((0, 1), (1, 8), (8, 40), (40, 97)):
+    for a, b in cuts:
         part = backend.energy({n: v[a:b] for n, v in tiled.items()}, grad)
         if not np.array_equal(part.energy, whole.energy[a:b]):
             return False
@@ -135,7 +137,7 @@ def rows_independent(backend: EnergyBackend, manifest: Manifest) -> bool:
     if backend.has_decoder:  # searches and samples decode their starts in one call too
         decoder_inputs = _decoder_inputs(manifest, tiled)
         decoded = backend.decode(decoder_inputs)
-        for a, b in ((0, 1), (1, 8), (8, 40), (40, 97)):
+        for a, b in cuts:
             part_inputs = {n: v[a:b] for n, v in decoder_inputs.items()}
             if not np.array_equal(backend.decode(part_inputs), decoded[a:b]):
                 return False
