@@ -97,3 +97,40 @@ class BackendError(EBMError):
     """A backend failed to load or run a model (never caused by a caller)."""
 
     error_type = "backend_error"
+
+
+class QueueUnavailable(EBMError):
+    """Redis cannot be reached, or lost the job (restarted without persistence)."""
+
+    status_code = 503
+    error_type = "queue_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class DeadLettered(EBMError):
+    """A job was delivered to workers ``EBM_MAX_DELIVERIES`` times and never completed (each
+    worker holding it died): it is parked in the dead-letter stream, not retried again."""
+
+    error_type = "dead_lettered"
+
+
+def _all_error_types() -> dict[str, type[EBMError]]:
+    found: dict[str, type[EBMError]] = {}
+    todo: list[type[EBMError]] = [EBMError]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.error_type, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def error_from_wire(error_type: str, message: str) -> EBMError:
+    """The error a worker reported, rebuilt on the API side with its status and headers."""
+    cls = _all_error_types().get(error_type, EBMError)
+    return cls(message)

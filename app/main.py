@@ -16,9 +16,11 @@ from app.api.deps import require_api_key
 from app.api.errors import install_error_handlers
 from app.api.responses import error_response
 from app.config import Settings, get_settings
+from app.dispatch.base import Dispatcher
+from app.dispatch.engine import Engine
 from app.dispatch.local import LocalDispatcher
 from app.logs import configure_logging
-from app.registry.loader import load_registry
+from app.registry.loader import Catalog, catalog_of, load_catalog, load_registry
 
 log = logging.getLogger("ebm.app")
 
@@ -44,22 +46,37 @@ class BodyLimit:
         await self.app(scope, receive, send)
 
 
+async def _open_dispatcher(settings: Settings) -> tuple[Catalog, Dispatcher]:
+    """Queue mode (EBM_REDIS_URL set): manifests only, jobs go to Redis; no backend, no
+    torch, no parity probe in this process. Embedded: load every model and run the engine
+    here (loading runs parity probes: off the event loop)."""
+    if settings.redis_url:
+        from app.dispatch.redis import RedisDispatcher
+
+        catalog = await asyncio.to_thread(load_catalog, settings)
+        redis_dispatcher = RedisDispatcher(settings, catalog)
+        await redis_dispatcher.start()
+        return catalog, redis_dispatcher
+    registry = await asyncio.to_thread(load_registry, settings)
+    return catalog_of(registry), LocalDispatcher(Engine(registry, settings))
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    # Loading runs parity probes on every model: keep it off the event loop.
-    app.state.registry = await asyncio.to_thread(load_registry, settings)
-    app.state.dispatcher = LocalDispatcher(settings)
+    catalog, dispatcher = await _open_dispatcher(settings)
+    app.state.catalog, app.state.dispatcher = catalog, dispatcher
     # Everything loaded so far (libraries, models) lives as long as the process: move it out
     # of the collector's reach, or each full collection walks it (torch alone is hundreds of
     # thousands of objects) and stalls every in-flight request.
     gc.collect()
     gc.freeze()
     log.info(
-        "serving %d model(s) from %s; %d unavailable",
-        sum(len(v) for v in app.state.registry.models.values()),
+        "serving %d model(s) from %s (%s mode); %d unavailable",
+        sum(len(v) for v in catalog.models.values()),
         settings.models_dir,
-        len(app.state.registry.unavailable),
+        "queue" if settings.redis_url else "embedded",
+        len(catalog.unavailable),
     )
     try:
         yield

@@ -13,7 +13,8 @@ from fastapi import Depends, Request
 from app.config import Settings
 from app.dispatch.base import Dispatcher
 from app.errors import Unauthorized
-from app.registry.loader import Registry
+from app.inference.control import deadline_after
+from app.registry.loader import Catalog
 
 
 async def get_settings(request: Request) -> Settings:
@@ -21,9 +22,9 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+async def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:
@@ -32,7 +33,7 @@ async def get_dispatcher(request: Request) -> Dispatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
@@ -47,3 +48,8 @@ async def require_api_key(request: Request) -> None:
         raise Unauthorized(
             "missing or unknown API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
         )
+
+
+def request_deadline(settings: Settings, deadline_ms: float | None) -> float:
+    """A request's wall-clock deadline: its own ``deadline_ms``, else the server default."""
+    return deadline_after(deadline_ms or settings.request_timeout_ms)

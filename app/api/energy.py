@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.free_energy import free_energy
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
 from app.api.tensors import pair_inputs
+from app.dispatch.base import submit_as
+from app.dispatch.wire import Envelope
 from app.errors import InvalidInput
 from app.inference.scoring import ScoreJob
+from app.registry.backends.base import EnergyOutput
 from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
 
 router = APIRouter(prefix="/v1/models", tags=["scoring"], route_class=OrjsonRoute)
@@ -26,7 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Too many rows, or a search beyond EBM_MAX_SEARCH_COST.",
         422: "Wrong shape, dtype, NaN/Inf, missing or unknown field.",
         429: "Queue full; retry after Retry-After seconds.",
-        503: "Model unavailable or server shutting down.",
+        503: "Model unavailable, queue unreachable, no workers, or server shutting down.",
         504: "Deadline passed before the result was ready.",
     }.items()
 }
@@ -39,26 +41,26 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Energies of (x, y) pairs; low means compatible.",
 )
 async def energy(
+    request: Request,
     name: str,
     body: EnergyRequest,
-    registry: RegistryDep,
+    catalog: CatalogDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
 ) -> Response:
-    model = registry.get(name, body.version)
+    manifest = catalog.get(name, body.version)
     if body.free_energy is not None:
-        return json_response(await free_energy(model, body, dispatcher, settings))
+        return json_response(await free_energy(request, manifest, body, dispatcher, settings))
     if body.beta is not None or body.num_samples is not None:
         raise InvalidInput("beta and num_samples go with free_energy: 'min' or 'marginal'")
     inputs = pair_inputs(
-        model.manifest,
-        {"x": body.x, "y": body.y, "z": body.z},
-        model.manifest.batching.max_rows_per_request,
+        manifest, {"x": body.x, "y": body.y, "z": body.z}, manifest.batching.max_rows_per_request
     )
-    timeout_ms = body.deadline_ms or settings.request_timeout_ms
-    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
-    result = await dispatcher.score(model, ScoreJob(inputs), body.grad, deadline)
-    response: dict[str, Any] = {"model": name, "version": model.version, "energy": result.energy}
+    deadline = request_deadline(settings, body.deadline_ms)
+    job = ScoreJob(inputs, grad=body.grad)
+    env = Envelope(manifest.name, manifest.version, "score", job, deadline)
+    result = await submit_as(dispatcher, env, EnergyOutput)
+    response: dict[str, Any] = {"model": name, "version": manifest.version, "energy": result.energy}
     for input_name, grad in result.grads.items():
         response[f"grad_{input_name}"] = grad
     return json_response(response)

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from app.api.disconnect import ClientDisconnected
 from app.api.responses import ebm_error_response, error_response
 from app.errors import EBMError
 
@@ -73,6 +74,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs"
         return error_response(error_type, message, exc.status_code, dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnected)
+    async def on_disconnect(_: Request, exc: ClientDisconnected) -> Response:
+        # Nobody reads it; 499 (nginx's "client closed request") keeps logs honest.
+        return error_response("client_disconnected", "the client closed the connection", 499)
 
     @app.exception_handler(Exception)
     async def on_bug(_: Request, exc: Exception) -> Response:

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import numpy as np
+from fastapi import Request
 
+from app.api.deps import request_deadline
+from app.api.disconnect import unless_disconnected
 from app.api.search import check_cost
 from app.api.tensors import pair_inputs
 from app.config import Settings
-from app.dispatch.base import Dispatcher
+from app.dispatch.base import Dispatcher, submit_as
+from app.dispatch.wire import Envelope
 from app.errors import InvalidInput
 from app.inference.free_energy import latent_values, marginal, minimum, pair_with_latents
 from app.inference.params import resolve
+from app.inference.predict import PredictOutcome
 from app.inference.scoring import ScoreJob
 from app.inference.search import SearchJob
-from app.registry.backends.base import Array
-from app.registry.loader import LoadedModel
+from app.registry.backends.base import Array, EnergyOutput
+from app.registry.manifest import Manifest
 from app.schemas import EnergyRequest
 
 
-def observed_pairs(model: LoadedModel, body: EnergyRequest) -> dict[str, Array]:
+def observed_pairs(manifest: Manifest, body: EnergyRequest) -> dict[str, Array]:
     """x (conditional models) and y, checked and paired row by row; z must be absent."""
-    manifest, name = model.manifest, model.name
+    name = manifest.name
     if manifest.z is None:
         raise InvalidInput(
             f"model '{name}' has no latent variable: free_energy needs a latent model; "
@@ -40,15 +43,18 @@ def observed_pairs(model: LoadedModel, body: EnergyRequest) -> dict[str, Array]:
 
 
 async def free_energy(
-    model: LoadedModel, body: EnergyRequest, dispatcher: Dispatcher, settings: Settings
+    request: Request | None,
+    manifest: Manifest,
+    body: EnergyRequest,
+    dispatcher: Dispatcher,
+    settings: Settings,
 ) -> dict[str, Any]:
-    inputs = observed_pairs(model, body)
-    manifest = model.manifest
+    inputs = observed_pairs(manifest, body)
     assert manifest.z is not None
     rows = len(inputs["y"])
-    timeout_s = (body.deadline_ms or settings.request_timeout_ms) / 1000
+    deadline = request_deadline(settings, body.deadline_ms)
     seed = body.seed if body.seed is not None else 0
-    response: dict[str, Any] = {"model": model.name, "version": model.version}
+    response: dict[str, Any] = {"model": manifest.name, "version": manifest.version}
     if body.free_energy == "min" and manifest.z.kind == "continuous":
         params = resolve(manifest, {"method": "gd", "k": 1, "seed": seed})
         check_cost(manifest, rows, params.num_starts, params.steps, settings)
@@ -59,9 +65,9 @@ async def free_energy(
             params=params,
             y_known=y,
             y_mask=np.ones_like(y, dtype=bool),
-            deadline=time.monotonic() + timeout_s,
         )
-        outcome = await dispatcher.predict(model, job)
+        env = Envelope(manifest.name, manifest.version, "predict", job, deadline)
+        outcome = await unless_disconnected(request, submit_as(dispatcher, env, PredictOutcome))
         best = [row[0] for row in outcome.predictions]
         response["energy"] = [b["energy"] for b in best]
         response["z"] = [b["z"] for b in best]
@@ -70,10 +76,9 @@ async def free_energy(
     count = body.num_samples or manifest.inference.num_samples
     latents = latent_values(manifest, count, seed)
     check_cost(manifest, rows, len(latents), 1, settings)
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    scored = await dispatcher.score(
-        model, ScoreJob(pair_with_latents(inputs, latents)), False, deadline
-    )
+    pairs = ScoreJob(pair_with_latents(inputs, latents))
+    env = Envelope(manifest.name, manifest.version, "score", pairs, deadline)
+    scored = await submit_as(dispatcher, env, EnergyOutput)
     energy = scored.energy.reshape(rows, len(latents))
     if body.free_energy == "min":
         f, index = minimum(energy)

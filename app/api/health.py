@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import DispatcherDep, RegistryDep
+from app.api.deps import CatalogDep, DispatcherDep
 from app.api.responses import json_response
 from app.schemas import Health
 
@@ -19,17 +19,18 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     response_model=Health,
-    summary="Readiness: at least one model serves and the dispatcher takes work.",
+    summary="Readiness: at least one model serves and the dispatcher takes work (queue mode: "
+    "Redis reachable, live workers per model, backlog).",
     responses={503: {"model": Health, "description": "Not ready; detail says why."}},
 )
-async def readyz(registry: RegistryDep, dispatcher: DispatcherDep) -> Response:
-    dispatch_ok, dispatch_detail = dispatcher.ready()
+async def readyz(registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
+    dispatch_ok, dispatch_detail = await dispatcher.readiness()
     served = {name: sorted(versions) for name, versions in registry.models.items()}
     unavailable = [
         {"name": u.name, "version": u.version, "reason": u.reason} for u in registry.unavailable
     ]
     ready = dispatch_ok and bool(served)
-    detail = {"models": served, "unavailable": unavailable, "dispatcher": dispatch_detail}
+    detail: dict[str, object] = {"models": served, "unavailable": unavailable, **dispatch_detail}
     if not served:
         detail["reason"] = "no model is available"
     return json_response(

@@ -7,18 +7,19 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import RegistryDep, SettingsDep
+from app.api.deps import CatalogDep, DispatcherDep, SettingsDep
 from app.api.responses import json_response
-from app.dispatch.local import batching_limits
+from app.dispatch.engine import batching_limits
 from app.inference.params import default_method, method_settings, usable_methods
 from app.schemas import ErrorResponse, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _summary(registry: RegistryDep, name: str) -> dict[str, Any]:
+def _summary(registry: CatalogDep, dispatcher: DispatcherDep, name: str) -> dict[str, Any]:
     versions = registry.versions(name)
     latest = versions[max(versions)] if versions else None
+    served = dispatcher.describe(name, latest.version) if latest else {}
     return {
         "name": name,
         "available": bool(versions),
@@ -27,14 +28,15 @@ def _summary(registry: RegistryDep, name: str) -> dict[str, Any]:
         "unavailable": [
             {"version": u.version, "reason": u.reason} for u in registry.problems(name)
         ],
-        "backend": latest.backend.name if latest else None,
-        "task": latest.manifest.card.task if latest else None,
+        "backend": served.get("backend"),
+        "task": latest.card.task if latest else None,
     }
 
 
 @router.get("", response_model=ModelList, summary="List every model, available or not.")
-async def list_models(registry: RegistryDep) -> Response:
-    return json_response({"models": [_summary(registry, n) for n in registry.names()]})
+async def list_models(registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
+    summaries = [_summary(registry, dispatcher, n) for n in registry.names()]
+    return json_response({"models": summaries})
 
 
 @router.get(
@@ -44,14 +46,14 @@ async def list_models(registry: RegistryDep) -> Response:
 )
 async def get_model(
     name: str,
-    registry: RegistryDep,
+    registry: CatalogDep,
+    dispatcher: DispatcherDep,
     settings: SettingsDep,
     version: int | None = Query(None, ge=1, description="Default: the newest version."),
 ) -> Response:
-    model = registry.get(name, version)
-    manifest = model.manifest
-    max_rows, max_delay_s = batching_limits(model, settings)
-    body = _summary(registry, name) | {
+    manifest = registry.get(name, version)
+    max_rows, max_delay_s = batching_limits(manifest.batching, settings)
+    body = _summary(registry, dispatcher, name) | {
         "version": manifest.version,
         "description": manifest.description,
         "inputs": manifest.input_names,
@@ -71,8 +73,8 @@ async def get_model(
         "card": manifest.card.model_dump(),
         "metrics": manifest.metrics,
         "training": manifest.training.model_dump(),
-        "backend": model.backend.name,
-        "parity": model.parity,
-        "rows_independent": model.rows_independent,
+        # Properties of the loaded artifacts: known where compute happens (embedded mode);
+        # null in queue mode, where the workers load them.
+        **dispatcher.describe(name, manifest.version),
     }
     return json_response(body)

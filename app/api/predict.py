@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
+from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
 from app.api.search import check_cost, search_inputs
+from app.dispatch.base import submit_as
+from app.dispatch.wire import Envelope
 from app.inference.params import resolve
+from app.inference.predict import PredictOutcome
 from app.inference.search import SearchJob
 from app.schemas import PredictRequest, PredictResponse
 
@@ -26,30 +29,26 @@ router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRo
     summary="Several distinct low-energy predictions per x, by energy minimisation.",
 )
 async def predict(
+    request: Request,
     name: str,
     body: PredictRequest,
-    registry: RegistryDep,
+    catalog: CatalogDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
 ) -> Response:
-    model = registry.get(name, body.version)
-    manifest = model.manifest
+    manifest = catalog.get(name, body.version)
     params = resolve(manifest, body.model_dump(exclude={"x", "y_known", "y_mask", "version"}))
     given = search_inputs(manifest, body)
     check_cost(manifest, given.rows, params.num_starts, params.steps, settings)
-    timeout_ms = body.deadline_ms or settings.request_timeout_ms
     job = SearchJob(
-        x=given.x,
-        rows_x=given.rows,
-        params=params,
-        y_known=given.y_known,
-        y_mask=given.y_mask,
-        deadline=time.monotonic() + timeout_ms / 1000,
+        x=given.x, rows_x=given.rows, params=params, y_known=given.y_known, y_mask=given.y_mask
     )
-    outcome = await dispatcher.predict(model, job)
+    deadline = request_deadline(settings, body.deadline_ms)
+    env = Envelope(manifest.name, manifest.version, "predict", job, deadline)
+    outcome = await unless_disconnected(request, submit_as(dispatcher, env, PredictOutcome))
     response: dict[str, Any] = {
         "model": name,
-        "version": model.version,
+        "version": manifest.version,
         "predictions": outcome.predictions,
         "stats": outcome.stats,
     }

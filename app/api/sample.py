@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import DispatcherDep, RegistryDep, SettingsDep
+from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
+from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
 from app.api.search import check_cost, search_inputs
+from app.dispatch.base import submit_as
+from app.dispatch.wire import Envelope
 from app.errors import InvalidInput
 from app.inference.params import method_settings
-from app.inference.sampling import SampleJob, SampleParams
+from app.inference.sampling import SampleJob, SampleOutcome, SampleParams
 from app.schemas import SampleRequest, SampleResponse
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRoute)
@@ -28,14 +30,14 @@ router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRo
     summary="Diverse samples per x: prior latents decoded, or Langevin chains on y.",
 )
 async def sample(
+    request: Request,
     name: str,
     body: SampleRequest,
-    registry: RegistryDep,
+    catalog: CatalogDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
 ) -> Response:
-    model = registry.get(name, body.version)
-    manifest = model.manifest
+    manifest = catalog.get(name, body.version)
     if manifest.y.kind == "discrete":
         raise InvalidInput(
             f"model '{name}' has a discrete y: use /predict with method 'enumerate', whose "
@@ -55,8 +57,9 @@ async def sample(
         seeded=body.seed is not None,
         return_trajectory=body.return_trajectory,
     )
+    # The engine also checks that its backend has the decoder the manifest ships.
     decodes = bool(
-        manifest.z is not None and manifest.z.kind == "continuous" and model.backend.has_decoder
+        manifest.z is not None and manifest.z.kind == "continuous" and manifest.has_decoder
     )
     job = SampleJob(
         x=given.x,
@@ -68,12 +71,12 @@ async def sample(
     )
     steps = params.chain_steps if job.uses_chains else 1
     check_cost(manifest, given.rows, job.rows // given.rows, steps, settings)
-    timeout_ms = body.deadline_ms or settings.request_timeout_ms
-    job.deadline = time.monotonic() + timeout_ms / 1000
-    outcome = await dispatcher.sample(model, job)
+    deadline = request_deadline(settings, body.deadline_ms)
+    env = Envelope(manifest.name, manifest.version, "sample", job, deadline)
+    outcome = await unless_disconnected(request, submit_as(dispatcher, env, SampleOutcome))
     response: dict[str, Any] = {
         "model": name,
-        "version": model.version,
+        "version": manifest.version,
         "samples": outcome.samples,
         "stats": outcome.stats,
     }

@@ -1,36 +1,46 @@
-"""The Dispatcher protocol: how the API hands work to compute, whatever the transport."""
+"""The Dispatcher protocol: how the API hands a job to compute, whatever the transport.
+
+Embedded mode (``LocalDispatcher``) runs the envelope on the engine in this process; queue
+mode (``RedisDispatcher``) puts it on Redis for ``ebm worker`` processes. Both answer with
+the job's result or raise its EBMError.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+from app.dispatch.wire import Envelope, Result
+from app.errors import EBMError
 from app.inference.predict import PredictOutcome
-from app.inference.sampling import SampleJob, SampleOutcome
-from app.inference.scoring import ScoreJob
-from app.inference.search import SearchJob
+from app.inference.sampling import SampleOutcome
 from app.registry.backends.base import EnergyOutput
-from app.registry.loader import LoadedModel
 
 
 class Dispatcher(Protocol):
-    async def score(
-        self, model: LoadedModel, job: ScoreJob, grad: bool, deadline: float
-    ) -> EnergyOutput:
-        """Energies (and gradients) of ``job``'s pairs; ``deadline`` in ``loop.time()`` s."""
+    async def submit(self, env: Envelope) -> Result:
+        """The job's result; raises its EBMError (504 past ``env.deadline``, 429, 503...).
+        Cancelling the awaiting task cancels the job: it stops within one step."""
         ...
 
-    async def predict(self, model: LoadedModel, job: SearchJob) -> PredictOutcome:
-        """The k lowest-energy modes per x; ``job.deadline`` in ``time.monotonic()`` s."""
+    def describe(self, name: str, version: int) -> dict[str, Any]:
+        """What serves a version here: ``backend``, ``parity``, ``rows_independent``."""
         ...
 
-    async def sample(self, model: LoadedModel, job: SampleJob) -> SampleOutcome:
-        """n samples per x; ``job.deadline`` in ``time.monotonic()`` s."""
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether new work can be taken, and the details (/readyz)."""
         ...
 
     async def close(self) -> None:
         """Finish accepted work, then release resources."""
         ...
 
-    def ready(self) -> tuple[bool, str]:
-        """Whether new work can be taken, and why not."""
-        ...
+
+R = TypeVar("R", EnergyOutput, PredictOutcome, SampleOutcome)
+
+
+async def submit_as(dispatcher: Dispatcher, env: Envelope, kind: type[R]) -> R:
+    """``dispatcher.submit(env)``, checked to be the result type its operation gives."""
+    result = await dispatcher.submit(env)
+    if not isinstance(result, kind):
+        raise EBMError(f"{env.op} job {env.id} came back as {type(result).__name__}")
+    return result

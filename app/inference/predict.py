@@ -84,11 +84,13 @@ Deliver = Callable[[int, PredictOutcome], None]
 
 def predict_runner(
     model: LoadedModel,
-) -> Callable[[Sequence[SearchJob], Deliver | None], list[PredictOutcome]]:
+) -> Callable[[Sequence[SearchJob], Deliver | None], list[PredictOutcome | None]]:
     """A batch runner: one search over all jobs' candidates; each job's answer is handed to
-    ``deliver`` as soon as that job stops."""
+    ``deliver`` as soon as that job stops (None for a job whose caller went away)."""
 
-    def run(jobs: Sequence[SearchJob], deliver: Deliver | None = None) -> list[PredictOutcome]:
+    def run(
+        jobs: Sequence[SearchJob], deliver: Deliver | None = None
+    ) -> list[PredictOutcome | None]:
         outcomes: dict[int, PredictOutcome] = {}
         for group in deterministic_groups(jobs, model.rows_independent):
 
@@ -100,6 +102,6 @@ def predict_runner(
                     deliver(index, outcome)
 
             Search(model, [jobs[i] for i in group]).run(hand_over)
-        return [outcomes[i] for i in range(len(jobs))]
+        return [outcomes.get(i) for i in range(len(jobs))]
 
     return run

@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from app.inference.batch import deterministic_groups, per_row
+from app.inference.control import Control
 from app.inference.space import Space
 from app.registry.backends.base import Array
 from app.registry.loader import LoadedModel
@@ -61,8 +62,8 @@ class SampleJob:
     params: SampleParams
     y_known: Array | None = None  # [N, Dy]
     y_mask: np.ndarray | None = None  # [N, Dy]
-    deadline: float = math.inf  # the batcher answers 504 past it; no partial samples
     decodes: bool = False  # the model has a decoder for its continuous z
+    control: Control = field(default_factory=Control)  # past its deadline: 504, no partial
 
     @property
     def uses_chains(self) -> bool:
@@ -137,10 +138,13 @@ class Sampler:
         return self._outcomes(v, energy, None, rows, per_x, [None] * len(self.jobs), 0)
 
     # --- Langevin chains --------------------------------------------------------------
-    def chain_samples(self) -> list[SampleOutcome]:
-        space = self.space
-        per_x = [job.params.chains for job in self.jobs]
-        rows = [job.rows_x * c for job, c in zip(self.jobs, per_x, strict=True)]
+    def chain_samples(self) -> list[SampleOutcome | None]:
+        """Run every job's chains; a job leaves the batch (its rows leave every later
+        backend call) once it has all its states, or at once when its caller is gone
+        (cancelled, or past its deadline: no partial samples, the caller gets 504)."""
+        space, jobs = self.space, self.jobs
+        per_x = [job.params.chains for job in jobs]
+        rows = [job.rows_x * c for job, c in zip(jobs, per_x, strict=True)]
         x = self._x_rows(per_x)
         labels = self._labels(rows)
         v = np.concatenate([space.sample(rng, r) for rng, r in zip(self.rngs, rows, strict=True)])
@@ -150,83 +154,81 @@ class Sampler:
         free = np.ones_like(v)
         known = np.zeros((len(v), space.y_size), np.float32)
         at = 0
-        for job, c, r in zip(self.jobs, per_x, rows, strict=True):
+        for job, c, r in zip(jobs, per_x, rows, strict=True):
             if job.y_mask is not None and job.y_known is not None:
                 free[at : at + r, : space.y_size] = 1 - np.repeat(job.y_mask, c, axis=0)
                 known[at : at + r] = np.repeat(job.y_known, c, axis=0)
             at += r
         clamped = free[:, : space.y_size] == 0
         v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
-        step = per_row([j.params.step_size for j in self.jobs], rows)
-        temperature = per_row([j.params.temperature for j in self.jobs], rows)
-        total = max(job.params.chain_steps for job in self.jobs)
-        keep_times = {
-            job.params.steps + i * job.params.thin
-            for job in self.jobs
-            for i in range(job.params.kept_per_chain)
-        }
-        kept: list[tuple[int, Array, Array]] = []  # (t, v, energy) at keeping steps
-        trajectory: list[Array] = []
-        want_path = any(job.params.return_trajectory for job in self.jobs)
-        for t in range(total):
+        step = per_row([j.params.step_size for j in jobs], rows)
+        temperature = per_row([j.params.temperature for j in jobs], rows)
+        job_labels = None if labels is None else np.split(labels[:, 0], np.cumsum(rows)[:-1])
+        kept: list[list[tuple[Array, Array]]] = [[] for _ in jobs]  # (v, energy) per state
+        paths: list[list[Array]] = [[] for _ in jobs]
+        live = list(range(len(jobs)))  # jobs whose rows are in the arrays, in order
+        t = 0
+        while True:
+            staying = [
+                j for j in live if not jobs[j].control.gone() and t < jobs[j].params.chain_steps
+            ]
+            if len(staying) < len(live):  # rows of the leaving jobs drop out of the batch
+                keep = np.concatenate(
+                    [np.full(rows[j], j in staying) for j in live]  # live order = row order
+                )
+                v, free, known, clamped = v[keep], free[keep], known[keep], clamped[keep]
+                step, temperature = step[keep], temperature[keep]
+                x = None if x is None else x[keep]
+                labels = None if labels is None else labels[keep]
+                live = staying
+            if not live:
+                break
             out = self.model.backend.energy(space.energy_inputs(v, x, labels), grad=True)
             g = space.join_grads(out.grads, len(v)) * free
-            if want_path:
-                trajectory.append(v[:, : space.y_size].copy())
-            if t in keep_times:
-                kept.append((t, v.copy(), out.energy))
+            at = 0
+            for j in live:
+                p, part = jobs[j].params, slice(at, at + rows[j])
+                at += rows[j]
+                if p.return_trajectory:
+                    paths[j].append(v[part, : space.y_size].copy())
+                if t >= p.steps and (t - p.steps) % p.thin == 0:
+                    kept[j].append((v[part].copy(), out.energy[part].copy()))
             xi = np.concatenate(
-                [
-                    rng.standard_normal((r, space.dim), dtype=np.float32)
-                    for rng, r in zip(self.rngs, rows, strict=True)
-                ]
+                [self.rngs[j].standard_normal((rows[j], space.dim), dtype=np.float32) for j in live]
             )
             v = v - step * g + np.sqrt(2 * step * temperature) * xi * free
             space.project(v)
             v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
-        return self._chain_outcomes(kept, labels, rows, per_x, trajectory)
+            t += 1
+        return [
+            None
+            if len(kept[j]) < job.params.kept_per_chain
+            else self._chain_outcome(
+                job, kept[j], None if job_labels is None else job_labels[j], paths[j]
+            )
+            for j, job in enumerate(jobs)
+        ]
 
-    def _chain_outcomes(
+    def _chain_outcome(
         self,
-        kept: list[tuple[int, Array, Array]],
+        job: SampleJob,
+        states: list[tuple[Array, Array]],
         labels: Array | None,
-        rows: list[int],
-        per_x: list[int],
         trajectory: list[Array],
-    ) -> list[SampleOutcome]:
-        outcomes = []
-        at = 0
-        for job, r, chains in zip(self.jobs, rows, per_x, strict=True):
-            p = job.params
-            times = [p.steps + i * p.thin for i in range(p.kept_per_chain)]
-            states = [(v[at : at + r], e[at : at + r]) for t, v, e in kept if t in times]
-            # [kept, N * chains, D] -> per x: chain-major, then in time order
-            v_all = np.stack([s[0] for s in states], axis=1).reshape(
-                job.rows_x, chains * len(states), -1
-            )
-            e_all = np.stack([s[1] for s in states], axis=1).reshape(
-                job.rows_x, chains * len(states)
-            )
-            l_all = None
-            if labels is not None:
-                l_all = np.repeat(labels[at : at + r, 0], len(states)).reshape(job.rows_x, -1)
-            path = None
-            if job.params.return_trajectory and trajectory:
-                path = np.stack([f[at : at + r] for f in trajectory], axis=1).reshape(
-                    job.rows_x, chains, len(trajectory), -1
-                )
-            outcomes.append(
-                self._package(
-                    job,
-                    v_all[:, : p.n],
-                    e_all[:, : p.n],
-                    None if l_all is None else l_all[:, : p.n],
-                    path,
-                    p.chain_steps,
-                )
-            )
-            at += r
-        return outcomes
+    ) -> SampleOutcome:
+        p, chains = job.params, job.params.chains
+        # [kept, N * chains, D] -> per x: chain-major, then in time order
+        v_all = np.stack([s[0] for s in states], axis=1).reshape(
+            job.rows_x, chains * len(states), -1
+        )
+        e_all = np.stack([s[1] for s in states], axis=1).reshape(job.rows_x, chains * len(states))
+        l_all = None
+        if labels is not None:
+            l_all = np.repeat(labels, len(states)).reshape(job.rows_x, -1)[:, : p.n]
+        path = None
+        if p.return_trajectory and trajectory:
+            path = np.stack(trajectory, axis=1).reshape(job.rows_x, chains, len(trajectory), -1)
+        return self._package(job, v_all[:, : p.n], e_all[:, : p.n], l_all, path, p.chain_steps)
 
     def _outcomes(
         self,
@@ -294,20 +296,29 @@ class Sampler:
         return SampleOutcome(per_x, stats)
 
 
-def sample_runner(model: LoadedModel) -> Callable[[Sequence[SampleJob]], list[SampleOutcome]]:
+def sample_runner(
+    model: LoadedModel,
+) -> Callable[[Sequence[SampleJob]], list[SampleOutcome | None]]:
     """A batch runner: decoder jobs and chain jobs each share their backend calls; seeded
-    jobs run alone when the backend's rows depend on their batch."""
+    jobs run alone when the backend's rows depend on their batch. A job whose caller is
+    gone gets None (nobody reads it)."""
 
-    def run(jobs: Sequence[SampleJob]) -> list[SampleOutcome]:
-        outcomes: dict[int, SampleOutcome] = {}
+    def run(jobs: Sequence[SampleJob]) -> list[SampleOutcome | None]:
+        outcomes: dict[int, SampleOutcome | None] = {}
         for shared in deterministic_groups(jobs, model.rows_independent):
             for chains in (False, True):  # the two paths cannot share calls
-                group = [i for i in shared if jobs[i].uses_chains == chains]
+                group = [
+                    i
+                    for i in shared
+                    if jobs[i].uses_chains == chains and not jobs[i].control.gone()
+                ]
                 if not group:
                     continue
                 sampler = Sampler(model, [jobs[i] for i in group])
-                results = sampler.chain_samples() if chains else sampler.decode_samples()
+                results: Sequence[SampleOutcome | None] = (
+                    sampler.chain_samples() if chains else sampler.decode_samples()
+                )
                 outcomes.update(zip(group, results, strict=True))
-        return [outcomes[i] for i in range(len(jobs))]
+        return [outcomes.get(i) for i in range(len(jobs))]
 
     return run

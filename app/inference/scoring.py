@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.inference.control import Control
 from app.registry.backends.base import Array, EnergyBackend, EnergyOutput
 
 
 @dataclass(frozen=True)
 class ScoreJob:
-    """One request's pairs: ``inputs[name]`` is ``[n, *spec(name).shape]``, float32."""
+    """One request's pairs: ``inputs[name]`` is ``[n, *spec(name).shape]``, float32; with
+    ``grad`` the backend also returns dE/d(input). Scoring is one step: its control is
+    checked once, before the backend call."""
 
     inputs: dict[str, Array]
+    grad: bool = False
+    control: Control = field(default_factory=Control, compare=False)
 
     @property
     def rows(self) -> int:

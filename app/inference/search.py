@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference.batch import per_row
+from app.inference.control import Control
 from app.inference.params import SearchParams
 from app.inference.space import Space
 from app.registry.backends.base import Array
@@ -43,7 +44,7 @@ class SearchJob:
     params: SearchParams
     y_known: Array | None = None
     y_mask: np.ndarray | None = None
-    deadline: float = math.inf  # time.monotonic() seconds
+    control: Control = field(default_factory=Control)
 
     @property
     def rows(self) -> int:
@@ -73,6 +74,7 @@ class _Segment:
     rng: np.random.Generator
     steps: int
     done: bool = False
+    dropped: bool = False  # cancelled or expired with nobody left to answer: no result
     frozen_any: bool = False  # some of its x have converged and stopped searching
     partial: bool = False
     steps_run: int = 0
@@ -212,10 +214,12 @@ class Search:
     # --- the loop ---------------------------------------------------------------------
     def run(
         self, deliver: Callable[[int, Candidates], None] | None = None, margin_s: float = 0.02
-    ) -> list[Candidates]:
+    ) -> list[Candidates | None]:
         """Run every job to its step budget, convergence or deadline, re-scoring each job as
         it stops; ``deliver(i, candidates)`` hands job i's result over at once (a job that
-        stopped early does not wait for the rest of the batch)."""
+        stopped early does not wait for the rest of the batch). A job whose caller is gone
+        (cancelled, or its deadline passed) leaves at the next step with no result; one
+        near its deadline stops early enough to re-score and answer with partial results."""
         gradient_free = self.method in ("dfo", "enumerate")
         results: dict[int, Candidates] = {}
         t = 0
@@ -225,11 +229,18 @@ class Search:
             for s in self.segments:
                 if s.done:
                     continue
-                if t >= s.steps:
+                control = s.job.control
+                if control.gone():
+                    s.done = s.dropped = True
+                elif t >= s.steps:
                     s.done = True
-                elif now + max(margin_s, 3 * last_step_s) >= s.job.deadline:
+                elif control.expired(max(margin_s, 3 * last_step_s)):
                     s.done, s.partial = True, True
-            stopped = [i for i, s in enumerate(self.segments) if s.done and i not in results]
+            stopped = [
+                i
+                for i, s in enumerate(self.segments)
+                if s.done and not s.dropped and i not in results
+            ]
             if stopped:
                 finished = self._finish(stopped, gradient_free)
                 for i, candidates in zip(stopped, finished, strict=True):
@@ -261,7 +272,7 @@ class Search:
                 self._stop_converged(live, rows, norms, t)
             t += 1
             last_step_s = time.monotonic() - now
-        return [results[i] for i in range(len(self.segments))]
+        return [results.get(i) for i in range(len(self.segments))]
 
     def _live_rows(self, s: _Segment) -> np.ndarray:
         """The rows of a running job still searching: those of its x not yet converged."""

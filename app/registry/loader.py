@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from app.config import BackendChoice, Settings
 from app.errors import (
@@ -57,21 +58,32 @@ class Unavailable:
     reason: str
 
 
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+M = TypeVar("M", bound=_Versioned)
+
+
 @dataclass
-class Registry:
-    models: dict[str, dict[int, LoadedModel]] = field(default_factory=dict)
+class Registry(Generic[M]):
+    """Every version of every model, by name: loaded models (``Registry[LoadedModel]``, where
+    compute happens) or their manifests alone (``Catalog``, all a queue-mode API needs)."""
+
+    models: dict[str, dict[int, M]] = field(default_factory=dict)
     unavailable: list[Unavailable] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return sorted(set(self.models) | {u.name for u in self.unavailable})
 
-    def versions(self, name: str) -> dict[int, LoadedModel]:
+    def versions(self, name: str) -> dict[int, M]:
         return self.models.get(name, {})
 
     def problems(self, name: str) -> list[Unavailable]:
         return [u for u in self.unavailable if u.name == name]
 
-    def get(self, name: str, version: int | None = None) -> LoadedModel:
+    def get(self, name: str, version: int | None = None) -> M:
         """The requested version, or the newest available one when ``version`` is None."""
         versions = self.versions(name)
         problems = self.problems(name)
@@ -93,6 +105,18 @@ class Registry:
         raise VersionNotFound(
             f"model '{name}' has no version {version}; available versions: {available}"
         )
+
+
+Catalog = Registry[Manifest]
+
+
+def catalog_of(registry: Registry[LoadedModel]) -> Catalog:
+    """The manifests of a loaded registry (embedded mode: the API and the engine agree)."""
+    models = {
+        name: {v: model.manifest for v, model in versions.items()}
+        for name, versions in registry.models.items()
+    }
+    return Catalog(models=models, unavailable=list(registry.unavailable))
 
 
 def has_module(name: str) -> bool:
@@ -122,7 +146,11 @@ def _onnx_backend(manifest: Manifest, directory: Path, settings: Settings) -> En
     score = directory / artifacts.score_onnx.file if artifacts.score_onnx else None
     decoder = directory / artifacts.decoder_onnx.file if artifacts.decoder_onnx else None
     return OnnxBackend(
-        directory / artifacts.energy_onnx.file, score, decoder, settings.intra_op_threads
+        directory / artifacts.energy_onnx.file,
+        score,
+        decoder,
+        settings.intra_op_threads,
+        settings.device,
     )
 
 
@@ -137,6 +165,7 @@ def _torch_backend(manifest: Manifest, directory: Path, settings: Settings) -> E
         manifest.input_names,
         manifest.grad_names,
         settings.intra_op_threads,
+        settings.device,
     )
 
 
@@ -153,13 +182,8 @@ def _usable_backends(manifest: Manifest) -> dict[str, BackendFactory]:
     return usable
 
 
-def load_version(
-    directory: Path, settings: Settings, expected_dir: Path | None = None
-) -> LoadedModel:
-    """Load one version directory; raises EBMError with the reason when it cannot serve.
-
-    ``expected_dir`` is where the version will live when it is checked in a staging folder.
-    """
+def read_version_manifest(directory: Path, expected_dir: Path | None = None) -> Manifest:
+    """The manifest of one version directory, checked against where it lives."""
     manifest = read_manifest(directory / MANIFEST_FILE)
     home = expected_dir or directory
     name, version = home.parent.name, home.name
@@ -167,6 +191,17 @@ def load_version(
         raise ManifestError(
             f"manifest says {manifest.name}/{manifest.version} but lives in {name}/{version}"
         )
+    return manifest
+
+
+def load_version(
+    directory: Path, settings: Settings, expected_dir: Path | None = None
+) -> LoadedModel:
+    """Load one version directory; raises EBMError with the reason when it cannot serve.
+
+    ``expected_dir`` is where the version will live when it is checked in a staging folder.
+    """
+    manifest = read_version_manifest(directory, expected_dir)
     _verify_hashes(manifest, directory)
     usable = _usable_backends(manifest)
     wanted = settings.backend.value
@@ -196,43 +231,66 @@ def load_version(
     return model
 
 
-def load_registry(settings: Settings) -> Registry:
-    registry = Registry()
+def _version_dirs(settings: Settings, only: frozenset[str] | None) -> Iterator[Path | str]:
+    """Every version directory to load, in order; a model name (str) for a model whose
+    recipe exists but was never trained."""
     root = settings.models_dir
     if not root.is_dir():
         log.warning("models directory %s does not exist; serving no models", root)
-        return registry
+        return
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         if not re.match(NAME_PATTERN, model_dir.name):
+            continue
+        if only is not None and model_dir.name not in only:
             continue
         version_dirs = sorted(
             (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
             key=lambda p: int(p.name),
         )
-        if not version_dirs:
-            if (model_dir / "train.py").is_file():
-                reason = f"not trained yet: run `ebm train {model_dir.name}`"
-                registry.unavailable.append(Unavailable(model_dir.name, None, reason))
-                log.warning("model %s unavailable: %s", model_dir.name, reason)
+        if not version_dirs and (model_dir / "train.py").is_file():
+            yield model_dir.name
+        yield from version_dirs
+
+
+def _collect(
+    settings: Settings, load: Callable[[Path], M], only: frozenset[str] | None
+) -> Registry[M]:
+    registry: Registry[M] = Registry()
+    for item in _version_dirs(settings, only):
+        if isinstance(item, str):
+            reason = f"not trained yet: run `ebm train {item}`"
+            registry.unavailable.append(Unavailable(item, None, reason))
+            log.warning("model %s unavailable: %s", item, reason)
             continue
-        for version_dir in version_dirs:
-            _load_into(registry, version_dir, settings)
+        name, version = item.parent.name, int(item.name)
+        try:
+            entry = load(item)
+        except EBMError as exc:
+            registry.unavailable.append(Unavailable(name, version, exc.message))
+            log.error("model %s version %d unavailable: %s", name, version, exc.message)
+            continue
+        registry.models.setdefault(name, {})[version] = entry
     return registry
 
 
-def _load_into(registry: Registry, version_dir: Path, settings: Settings) -> None:
-    name, version = version_dir.parent.name, int(version_dir.name)
-    try:
-        model = load_version(version_dir, settings)
-    except EBMError as exc:
-        registry.unavailable.append(Unavailable(name, version, exc.message))
-        log.error("model %s version %d unavailable: %s", name, version, exc.message)
-        return
-    registry.models.setdefault(name, {})[version] = model
-    log.info(
-        "model %s version %d loaded on %s; parity %s",
-        name,
-        version,
-        model.backend.name,
-        {k: max(v.values()) for k, v in model.parity.items()},
-    )
+def load_registry(settings: Settings, only: frozenset[str] | None = None) -> Registry[LoadedModel]:
+    """Load (hash check, backend, parity probe) every version, or those of ``only``."""
+
+    def load(directory: Path) -> LoadedModel:
+        model = load_version(directory, settings)
+        log.info(
+            "model %s version %d loaded on %s; parity %s",
+            model.name,
+            model.version,
+            model.backend.name,
+            {k: max(v.values()) for k, v in model.parity.items()},
+        )
+        return model
+
+    return _collect(settings, load, only)
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    """Every version's manifest, nothing loaded: what the API needs in queue mode (it
+    validates requests and enqueues; workers load the artifacts)."""
+    return _collect(settings, read_version_manifest, None)

@@ -196,10 +196,14 @@ class Manifest(_Strict):
     card: Card
     probe: Probe | None = None
 
+    @property
+    def has_decoder(self) -> bool:
+        """The model ships a decoder y = Dec(x, z) (in at least one format)."""
+        return bool(self.artifacts.decoder_onnx or self.artifacts.decoder_pt2)
+
     @model_validator(mode="after")
     def _latent_rules(self) -> Manifest:
-        has_decoder = self.artifacts.decoder_onnx or self.artifacts.decoder_pt2
-        if has_decoder and self.z is None:
+        if self.has_decoder and self.z is None:
             raise ValueError("a decoder needs a latent z spec")
         if self.z is not None and self.z.prior is None:
             raise ValueError("a latent z needs a prior (normal, uniform or categorical)")

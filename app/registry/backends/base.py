@@ -33,3 +33,16 @@ class EnergyBackend(Protocol):
     def decode(self, inputs: Mapping[str, Array]) -> Array:
         """y = Dec(x, z) ``[B, *y]`` for latent models with a decoder (inputs x?, z)."""
         ...
+
+
+def resolve_device(setting: str, library: str, gpu_available: bool) -> str:
+    """``EBM_DEVICE`` for one backend library: ``cpu`` or ``cuda:N``. ``auto`` takes the GPU
+    when the library sees one; an explicit ``cuda`` that the library cannot use is an error
+    (silently computing on the CPU would hide a broken GPU install)."""
+    if setting == "cpu" or (setting == "auto" and not gpu_available):
+        return "cpu"
+    if not gpu_available:
+        from app.errors import BackendError
+
+        raise BackendError(f"EBM_DEVICE={setting}, but {library} sees no CUDA device")
+    return "cuda:0" if setting in ("auto", "cuda") else setting

@@ -8,10 +8,20 @@ from pathlib import Path
 import onnxruntime as ort
 
 from app.errors import BackendError
-from app.registry.backends.base import Array, EnergyOutput
+from app.registry.backends.base import Array, EnergyOutput, resolve_device
 
 
-def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+def providers_for(device: str) -> list[str | tuple[str, dict[str, str]]]:
+    """onnxruntime execution providers for ``EBM_DEVICE`` (CUDA needs onnxruntime-gpu)."""
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    resolved = resolve_device(device, "onnxruntime", gpu)
+    if resolved == "cpu":
+        return ["CPUExecutionProvider"]
+    device_id = resolved.partition(":")[2] or "0"
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+
+
+def _session(path: Path, intra_op_threads: int, device: str = "cpu") -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -21,7 +31,7 @@ def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise BackendError(f"onnxruntime cannot load {path.name}: {exc}") from exc
 
@@ -37,10 +47,15 @@ class OnnxBackend:
         score_graph: Path | None,
         decoder_graph: Path | None,
         intra_op_threads: int,
+        device: str = "cpu",
     ) -> None:
-        self._grad = _session(grad_graph, intra_op_threads)
-        self._score = _session(score_graph, intra_op_threads) if score_graph else None
-        self._decoder = _session(decoder_graph, intra_op_threads) if decoder_graph else None
+        def session(path: Path) -> ort.InferenceSession:
+            return _session(path, intra_op_threads, device)
+
+        self._grad = session(grad_graph)
+        self._score = session(score_graph) if score_graph else None
+        self._decoder = session(decoder_graph) if decoder_graph else None
+        self.device = "cuda" if "CUDAExecutionProvider" in self._grad.get_providers() else "cpu"
         self._grad_outputs = [o.name for o in self._grad.get_outputs()]
         if not self._grad_outputs or self._grad_outputs[0] != "energy":
             raise BackendError(f"{grad_graph.name} must have 'energy' as its first output")

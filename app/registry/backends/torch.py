@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from app.errors import BackendError
-from app.registry.backends.base import Array, EnergyOutput
+from app.registry.backends.base import Array, EnergyOutput, resolve_device
 
 
-def _load(program: Path) -> torch.nn.Module:
+def _load(program: Path, device: torch.device) -> torch.nn.Module:
     try:
         # torch.export.load reads a serialized graph and tensors: no pickled code runs.
-        module: torch.nn.Module = torch.export.load(str(program)).module()
+        module: torch.nn.Module = torch.export.load(str(program)).module().to(device)
     except Exception as exc:  # torch raises many unrelated types on a bad archive
         raise BackendError(f"torch cannot load {program.name}: {exc}") from exc
     return module
@@ -49,31 +49,37 @@ class TorchBackend:
         input_names: Sequence[str],
         grad_names: Sequence[str],
         threads: int,
+        device: str = "cpu",
     ) -> None:
         self._threads = threads
         _limit_threads(threads)
-        self._module = _load(program)
-        self._decoder = _load(decoder) if decoder else None
+        self._device = torch.device(resolve_device(device, "torch", torch.cuda.is_available()))
+        self.device = self._device.type
+        self._module = _load(program, self._device)
+        self._decoder = _load(decoder, self._device) if decoder else None
         self._input_names = list(input_names)
         self._grad_names = list(grad_names)
         self._decoder_names = [n for n in ("x", "z") if n in self._input_names]
 
     def energy(self, inputs: Mapping[str, Array], grad: bool) -> EnergyOutput:
         _limit_threads(self._threads)
-        tensors = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self._input_names}
+        tensors = {n: self._tensor(inputs[n]) for n in self._input_names}
         if not grad or not self._grad_names:
             with torch.inference_mode():
                 energy = self._module(*(tensors[n] for n in self._input_names))
-            return EnergyOutput(energy=energy.numpy())
+            return EnergyOutput(energy=energy.cpu().numpy())
         with torch.enable_grad():
             for n in self._grad_names:
                 tensors[n] = tensors[n].clone().requires_grad_(True)
             energy = self._module(*(tensors[n] for n in self._input_names))
             grads = torch.autograd.grad(energy.sum(), [tensors[n] for n in self._grad_names])
         return EnergyOutput(
-            energy=energy.detach().numpy(),
-            grads={n: g.numpy() for n, g in zip(self._grad_names, grads, strict=True)},
+            energy=energy.detach().cpu().numpy(),
+            grads={n: g.cpu().numpy() for n, g in zip(self._grad_names, grads, strict=True)},
         )
+
+    def _tensor(self, a: Array) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self._device)
 
     @property
     def has_decoder(self) -> bool:
@@ -83,7 +89,7 @@ class TorchBackend:
         if self._decoder is None:
             raise BackendError("this model has no decoder")
         _limit_threads(self._threads)
-        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self._decoder_names]
+        tensors = [self._tensor(inputs[n]) for n in self._decoder_names]
         with torch.inference_mode():
-            y: Array = self._decoder(*tensors).numpy()
+            y: Array = self._decoder(*tensors).cpu().numpy()
         return y

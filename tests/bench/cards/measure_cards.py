@@ -107,7 +107,7 @@ def _stats(stats: dict[str, Any]) -> str:
 # --- ellipse ---------------------------------------------------------------------------------
 def ellipse(client: TestClient) -> None:
     recipe = load_recipe("ellipse")
-    model = client.app.state.registry.get("ellipse")  # type: ignore[attr-defined]
+    model = client.app.state.dispatcher.engine.registry.get("ellipse")  # type: ignore[attr-defined]
     z_grid = (-math.pi + (np.arange(4096) + 0.5) * 2 * math.pi / 4096).astype(np.float32)
     curve = torch.from_numpy(model.backend.decode({"z": z_grid[:, None]}))  # learned Dec(z)
 
@@ -257,7 +257,7 @@ def mixture(client: TestClient) -> None:
     samples = out["samples"][0]
     ys = np.array([s["y"] for s in samples])
     zs = np.array([s["z"] for s in samples])
-    model = client.app.state.registry.get("mixture")  # type: ignore[attr-defined]
+    model = client.app.state.dispatcher.engine.registry.get("mixture")  # type: ignore[attr-defined]
     mu = model.backend.decode({"z": np.arange(8, dtype=np.float32)[:, None]})  # fitted centres
     sigma = float(model.manifest.metrics["sigma_fitted"])
     resid = ys - mu[zs]
@@ -368,7 +368,7 @@ def digits(client: TestClient) -> None:
 # --- digits-inpaint --------------------------------------------------------------------------
 def digits_inpaint(client: TestClient) -> None:
     recipe = load_recipe("digits-inpaint")
-    model = client.app.state.registry.get("digits-inpaint")  # type: ignore[attr-defined]
+    model = client.app.state.dispatcher.engine.registry.get("digits-inpaint")  # type: ignore[attr-defined]
     images_tr, images, labels_tr, labels = recipe.split_digits()
     x, y = images[:, :4], images[:, 4:]
 

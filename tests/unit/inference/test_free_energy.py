@@ -16,10 +16,11 @@ import pytest
 
 from app.api.free_energy import free_energy
 from app.config import BackendChoice, Settings
+from app.dispatch.engine import Engine
 from app.dispatch.local import LocalDispatcher
 from app.errors import InvalidInput
 from app.inference.free_energy import latent_values, marginal, minimum, pair_with_latents
-from app.registry.loader import LoadedModel, load_registry
+from app.registry.loader import LoadedModel, Registry, load_registry
 from app.schemas import EnergyRequest
 from tests.analytic import publish_circle, publish_labels
 
@@ -38,9 +39,11 @@ def _reduce(model: LoadedModel, **fields: Any) -> dict[str, Any]:
     settings = Settings(models_dir=model.directory.parents[1])
 
     async def go() -> dict[str, Any]:
-        dispatcher = LocalDispatcher(settings)
+        registry = Registry(models={model.name: {model.version: model}})
+        dispatcher = LocalDispatcher(Engine(registry, settings))
         try:
-            return await free_energy(model, EnergyRequest(**fields), dispatcher, settings)
+            request = EnergyRequest(**fields)
+            return await free_energy(None, model.manifest, request, dispatcher, settings)
         finally:
             await dispatcher.close()
 
