@@ -1,4 +1,4 @@
-"""The ``ebm`` command: serve, train, loadtest."""
+"""The ``ebm`` command: serve, worker, train, loadtest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,13 +20,6 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     settings = get_settings()
-    if settings.redis_url:
-        print(
-            "EBM_REDIS_URL is set, but the Redis dispatcher is not part of this build; "
-            "unset it to serve in embedded mode",
-            file=sys.stderr,
-        )
-        return 2
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     uvicorn.run(
@@ -78,6 +71,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from app.worker import run_worker
+
+    overrides: dict[str, Any] = {}
+    if args.redis_url:
+        overrides["redis_url"] = args.redis_url
+    if args.device:
+        overrides["device"] = args.device
+    if args.backend:
+        overrides["backend"] = args.backend
+    if args.models:
+        overrides["worker_models"] = args.models
+    try:  # flags win over the environment, and are validated like it
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        print(f"ebm worker: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("ebm worker needs Redis: pass --redis-url or set EBM_REDIS_URL", file=sys.stderr)
+        return 2
+    return run_worker(settings)
+
+
 def _loadtest(args: argparse.Namespace) -> int:
     from app.client.loadtest import main as loadtest_main
 
@@ -93,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default EBM_PORT)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser(
+        "worker", help="pull jobs from the Redis queue, compute them, reply (queue mode)"
+    )
+    worker.add_argument("--redis-url", default=None, help="default EBM_REDIS_URL")
+    worker.add_argument(
+        "--device",
+        default=None,
+        help="auto (CUDA when a GPU is visible), cpu, cuda or cuda:N (default EBM_DEVICE)",
+    )
+    worker.add_argument(
+        "--backend", choices=["onnx", "torch", "auto"], default=None, help="default EBM_BACKEND"
+    )
+    worker.add_argument(
+        "--models", default=None, help="comma-separated models to serve (default: all)"
+    )
+    worker.set_defaults(func=_worker)
 
     train = sub.add_parser("train", help="train a model with its recipe and publish it")
     train.add_argument("name", nargs="?", help="model name (folder under the models dir)")

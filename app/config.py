@@ -37,6 +37,41 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL; unset means embedded mode (in-process batcher)."
     )
+    queue_prefix: str = Field(
+        "ebm", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every Redis key."
+    )
+    max_backlog: int = Field(
+        1024,
+        ge=1,
+        description="Jobs outstanding (queued or computing) per model stream before the API "
+        "refuses new ones with 429.",
+    )
+    visibility_timeout_ms: float = Field(
+        15_000,
+        gt=0,
+        description="A job a worker has held this long without a heartbeat is reclaimed by "
+        "another worker.",
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries of one job before it goes to the dead-letter stream."
+    )
+    heartbeat_ms: float = Field(
+        1_000, gt=0, description="How often workers and API instances heartbeat in Redis."
+    )
+    redis_timeout_ms: float = Field(
+        2_000, gt=0, description="Socket timeout of Redis commands (blocking reads stay below)."
+    )
+    worker_prefetch: int = Field(
+        64, ge=1, description="Jobs one worker holds at once (computing or waiting to batch)."
+    )
+    worker_models: str | None = Field(
+        None, description="Comma-separated models a worker serves; unset means all."
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Worker device: auto, cpu, cuda or cuda:N.",
+    )
     max_batch_size: int | None = Field(
         None,
         ge=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,14 +61,27 @@ def test_unknown_recipe_is_a_clear_error(tmp_path: Path) -> None:
     assert "recipes: a" in result.stderr
 
 
-def test_redis_mode_is_refused_until_it_exists() -> None:
+def test_worker_without_redis_is_a_clear_error() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBM_")}
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
+        [sys.executable, "-m", "app.cli", "worker"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
-        env={"EBM_REDIS_URL": "redis://127.0.0.1:1", "PATH": "/usr/bin"},
+        env=env,
     )
     assert result.returncode == 2
-    assert "unset it to serve in embedded mode" in result.stderr
+    assert "--redis-url" in result.stderr
+
+
+def test_worker_flags_are_validated_like_settings() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker", "--redis-url", "redis://x", "--device", "tpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "device" in result.stderr
