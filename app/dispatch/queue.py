@@ -25,11 +25,14 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from app.config import Settings
 
 GROUP = "workers"
+POOL_SIZE = 32  # connections per client; commands are short, replies need none held
 
 #: Refuse (return false) instead of adding when the stream already holds ``max`` entries:
 #: the backlog is bounded by refusing new work, never by trimming, which would delete jobs
@@ -75,14 +78,21 @@ def connect(settings: Settings, blocking_s: float = 0.0) -> aioredis.Redis:
     above its longest block (redis-py raises a timeout otherwise)."""
     assert settings.redis_url
     timeout = settings.redis_timeout_ms / 1000 + blocking_s
-    client: aioredis.Redis = aioredis.Redis.from_url(
+    # A bounded pool that makes a command wait for a free connection (up to the socket
+    # timeout) rather than fail: a burst of requests shares POOL_SIZE connections.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 1.0),
-        retry_on_timeout=False,
+        # One immediate retry replaces a pooled connection that died with a restarted
+        # Redis; never redis-py's default backoff, which would hold a request for seconds
+        # while Redis is down instead of answering 503.
+        retry=Retry(NoBackoff(), 1),
         decode_responses=False,
     )
-    return client
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def clock_offset(client: aioredis.Redis) -> float:

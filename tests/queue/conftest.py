@@ -89,3 +89,14 @@ def start_stack(
 def readiness(server: Server) -> dict[str, Any]:
     body: dict[str, Any] = httpx.get(f"{server.url}/readyz", timeout=10).json()
     return body
+
+
+@pytest.fixture(scope="session")
+def queue_stack(
+    server_factory: Callable[..., Server],
+    worker_factory: Callable[..., WorkerProcess],
+    redis_factory: Callable[..., RedisServer],
+    serving_models: Path,
+) -> QueueStack:
+    """Queue mode on every served model: one API, one worker, their own Redis."""
+    return start_stack(server_factory, worker_factory, redis_factory(), serving_models)

@@ -3,16 +3,14 @@ same backend): one compute engine behind both transports."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.queue.conftest import QueueStack, readiness, start_stack
-from tests.servers import RedisServer, Server, WorkerProcess
+from tests.queue.conftest import QueueStack, readiness
+from tests.servers import Server
 
 DIGIT = np.linspace(0, 16, 64).reshape(8, 8).round(1).tolist()
 
@@ -52,13 +50,8 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 @pytest.fixture(scope="module")
-def stack(
-    server_factory: Callable[..., Server],
-    worker_factory: Callable[..., WorkerProcess],
-    redis_factory: Callable[..., RedisServer],
-    serving_models: Path,
-) -> QueueStack:
-    return start_stack(server_factory, worker_factory, redis_factory(), serving_models)
+def stack(queue_stack: QueueStack) -> QueueStack:
+    return queue_stack
 
 
 def _comparable(response: httpx.Response) -> tuple[int, Any]:
