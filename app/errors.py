@@ -49,11 +49,8 @@ class InvalidInput(EBMError):
     error_type = "invalid_input"
 
 
-class Overloaded(EBMError):
-    """The bounded queue is full: the caller should retry after ``retry_after_s``."""
-
-    status_code = 429
-    error_type = "overloaded"
+class RetryLater(EBMError):
+    """An error the caller should retry after ``retry_after_s`` (sent as Retry-After)."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
@@ -62,6 +59,13 @@ class Overloaded(EBMError):
     def headers(self) -> dict[str, str]:
         # Retry-After takes whole seconds; never tell a client to retry immediately.
         return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class Overloaded(RetryLater):
+    """The bounded queue is full: the caller should retry after ``retry_after_s``."""
+
+    status_code = 429
+    error_type = "overloaded"
 
 
 class ModelUnavailable(EBMError):
@@ -99,18 +103,11 @@ class BackendError(EBMError):
     error_type = "backend_error"
 
 
-class QueueUnavailable(EBMError):
+class QueueUnavailable(RetryLater):
     """Redis cannot be reached, or lost the job (restarted without persistence)."""
 
     status_code = 503
     error_type = "queue_unavailable"
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
 
 
 class DeadLettered(EBMError):

@@ -88,6 +88,7 @@ class RedisDispatcher:
         self._drain = DrainRate()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok = False
+        self._preparing = asyncio.Lock()
         self._closed = False
         self.duplicates = 0
 
@@ -104,6 +105,10 @@ class RedisDispatcher:
     async def _prepare(self) -> None:
         """Make sure this instance's reply stream exists, refresh its TTL and the clock
         offset. Returns after one round of commands; raises RedisError when Redis is down."""
+        async with self._preparing:  # the reader, the heartbeat and submit may all try
+            await self._prepare_once()
+
+    async def _prepare_once(self) -> None:
         self._offset = await clock_offset(self._client)
         if not await self._client.exists(self.reply_stream):
             # An empty stream: a placeholder entry creates it, then it is trimmed away.
@@ -166,8 +171,10 @@ class RedisDispatcher:
             self._waiting.pop(env.id, None)
 
     async def _add(self, stream: str, env: Envelope) -> bytes:
-        payload = encode_envelope(env, self._offset)
         try:
+            if not self._redis_ok:  # back after an outage: the reply stream first
+                await self._prepare()
+            payload = encode_envelope(env, self._offset)
             entry = await self._enqueue(
                 keys=[stream], args=[self._settings.max_backlog, payload, self.reply_stream]
             )

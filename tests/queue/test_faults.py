@@ -50,6 +50,23 @@ def worker_counters(api: Server) -> dict[str, dict[str, str]]:
     return {w["id"]: w for w in readiness(api)["detail"]["live_workers"]}
 
 
+def busy(api: Server, more_than: int) -> Callable[[], bool]:
+    """Whether the live workers hold more than ``more_than`` jobs between them."""
+    return lambda: sum(int(w["in_flight"]) for w in worker_counters(api).values()) > more_than
+
+
+def once(condition: Callable[[], bool], action: Callable[[], None]) -> threading.Thread:
+    """Run ``action`` in the background as soon as ``condition`` holds (20 s at most)."""
+
+    def watch() -> None:
+        wait_for(condition, 20, "the moment to act")
+        action()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -92,17 +109,8 @@ def test_a_worker_killed_mid_batch_loses_nothing(pair: QueueStack, server: Serve
     victim = pair.workers[0]
     before = sum(int(w["jobs"]) for w in worker_counters(pair.api).values())
 
-    def kill_when_busy() -> None:
-        # SIGKILL once the victim holds jobs, in the middle of its batches.
-        wait_for(
-            lambda: sum(int(w["in_flight"]) for w in worker_counters(pair.api).values()) > 20,
-            20,
-            "jobs in flight",
-        )
-        victim.process.send_signal(signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
+    # SIGKILL once the workers hold jobs, in the middle of their batches.
+    killer = once(busy(pair.api, 20), lambda: victim.process.send_signal(signal.SIGKILL))
     answers = asyncio.run(fire(pair.api.url, bodies))
     killer.join()
     assert victim.process.wait(timeout=5) == -signal.SIGKILL
@@ -121,17 +129,8 @@ def test_sigterm_finishes_the_jobs_a_worker_holds_and_exits(
     # 300 starts: each job runs alone (over the 256-row batch limit), a second of work in all
     bodies = [car_body(2000 + i, num_starts=300, steps=60) for i in range(16)]
 
-    def stop_when_busy() -> None:
-        # SIGTERM while it holds jobs: it must finish and answer them before it exits.
-        wait_for(
-            lambda: any(int(w["in_flight"]) > 4 for w in worker_counters(pair.api).values()),
-            20,
-            "jobs in flight",
-        )
-        leaving.process.send_signal(signal.SIGTERM)
-
-    stopper = threading.Thread(target=stop_when_busy)
-    stopper.start()
+    # SIGTERM while it holds jobs: it must finish and answer them before it exits.
+    stopper = once(busy(pair.api, 4), lambda: leaving.process.send_signal(signal.SIGTERM))
     answers = asyncio.run(fire(pair.api.url, bodies))
     stopper.join()
     assert leaving.process.wait(timeout=30) == 0
