@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_energy, bench_predict
+from tests.bench import bench_energy, bench_predict, bench_queue
 
 
 def main() -> int:
     failures = 0
-    for name, bench in (("energy", bench_energy), ("predict", bench_predict)):
+    benches = (("energy", bench_energy), ("predict", bench_predict), ("queue", bench_queue))
+    for name, bench in benches:
         print(f"== {name}")
         failures += bench.main([]) != 0
     return 1 if failures else 0
