@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_energy, bench_predict, bench_queue
+from tests.bench import bench_energy, bench_predict, bench_queue, bench_reply_path
 
 
 def main() -> int:
     failures = 0
-    benches = (("energy", bench_energy), ("predict", bench_predict), ("queue", bench_queue))
+    benches = (
+        ("energy", bench_energy),
+        ("predict", bench_predict),
+        ("queue", bench_queue),
+        ("reply path", bench_reply_path),
+    )
     for name, bench in benches:
         print(f"== {name}")
         failures += bench.main([]) != 0
