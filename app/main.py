@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import energy, health, models, predict, sample
 from app.api.deps import require_api_key
@@ -19,6 +19,7 @@ from app.config import Settings, get_settings
 from app.dispatch.base import Dispatcher
 from app.dispatch.engine import Engine
 from app.dispatch.local import LocalDispatcher
+from app.errors import PayloadTooLarge
 from app.logs import configure_logging
 from app.registry.loader import Catalog, catalog_of, load_catalog, load_registry
 
@@ -26,24 +27,38 @@ log = logging.getLogger("ebm.app")
 
 
 class BodyLimit:
-    """Refuse a declared body larger than the limit before reading it (413)."""
+    """413 for a body larger than ``EBM_MAX_BODY_BYTES``: before reading it when its
+    Content-Length says so, else (chunked) as soon as the bytes read pass the limit."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    response = error_response(
-                        "payload_too_large",
-                        f"body has {int(value)} bytes; the limit is {self.max_bytes}",
-                        413,
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                message = f"body has {int(value)} bytes; the limit is {self.max_bytes}"
+                await error_response("payload_too_large", message, 413)(scope, receive, send)
+                return
+        read = 0
+
+        async def counted() -> Message:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.max_bytes:
+                    # Raised inside the route's body read: the error handlers answer 413.
+                    raise PayloadTooLarge(
+                        f"body has more than {self.max_bytes} bytes (the limit); it was "
+                        "sent without Content-Length and refused while being read"
                     )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 async def _open_dispatcher(settings: Settings) -> tuple[Catalog, Dispatcher]:

@@ -10,7 +10,7 @@ from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadlin
 from app.api.free_energy import free_energy
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
-from app.api.tensors import pair_inputs
+from app.api.tensors import pair_inputs, require_finite
 from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
 from app.errors import InvalidInput
@@ -60,6 +60,9 @@ async def energy(
     job = ScoreJob(inputs, grad=body.grad)
     env = Envelope(manifest.name, manifest.version, "score", job, deadline)
     result = await submit_as(dispatcher, env, EnergyOutput)
+    require_finite(manifest, "energy", result.energy)
+    for input_name, grad in result.grads.items():
+        require_finite(manifest, f"gradient dE/d{input_name}", grad)
     response: dict[str, Any] = {"model": name, "version": manifest.version, "energy": result.energy}
     for input_name, grad in result.grads.items():
         response[f"grad_{input_name}"] = grad

@@ -69,6 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        if isinstance(exc.__cause__, EBMError):  # FastAPI wraps errors raised reading a body
+            return ebm_error_response(exc.__cause__)
         error_type = _HTTP_TYPES.get(exc.status_code, "http_error")
         message = str(exc.detail)
         if exc.status_code == 404:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from fastapi import Request
 from app.api.deps import request_deadline
 from app.api.disconnect import unless_disconnected
 from app.api.search import check_cost
-from app.api.tensors import pair_inputs
+from app.api.tensors import pair_inputs, require_finite
 from app.config import Settings
 from app.dispatch.base import Dispatcher, submit_as
 from app.dispatch.wire import Envelope
@@ -68,8 +69,11 @@ async def free_energy(
         )
         env = Envelope(manifest.name, manifest.version, "predict", job, deadline)
         outcome = await unless_disconnected(request, submit_as(dispatcher, env, PredictOutcome))
+        # A row whose every candidate overflowed has no prediction at all.
+        energies = [row[0]["energy"] if row else math.inf for row in outcome.predictions]
+        require_finite(manifest, "free energy", energies)
         best = [row[0] for row in outcome.predictions]
-        response["energy"] = [b["energy"] for b in best]
+        response["energy"] = energies
         response["z"] = [b["z"] for b in best]
         response["stats"] = outcome.stats
         return response
@@ -82,11 +86,13 @@ async def free_energy(
     energy = scored.energy.reshape(rows, len(latents))
     if body.free_energy == "min":
         f, index = minimum(energy)
+        require_finite(manifest, "free energy", f)
         response["energy"] = f
         response["z"] = [_latent(manifest.z.kind, latents[i]) for i in index]
     else:
         beta = body.beta or manifest.inference.beta
         response["energy"] = marginal(energy, beta)
+        require_finite(manifest, "free energy", response["energy"])
         response["beta"] = beta
         response["num_samples"] = len(latents)
     return response

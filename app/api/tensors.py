@@ -186,3 +186,26 @@ def known_components(
             f"{float(np.broadcast_to(high, known.shape[1:])[col]):g}] of model '{model}'"
         )
     return known, mask
+
+
+def require_finite(manifest: Manifest, what: str, values: Array | Sequence[float]) -> None:
+    """Refuse (422) a result that is not finite in float32: an energy or gradient that
+    overflowed because the inputs lie far outside the range the model was trained on. JSON
+    has no number for it (it would leave as null) and no caller can use it."""
+    flat = np.asarray(values, np.float64).reshape(len(values), -1)
+    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if not len(bad):
+        return
+    rows = ", ".join(str(i) for i in bad[:5]) + (
+        f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    )
+    spec = manifest.y
+    bounds = (
+        f"; y is meant to lie within [{min(spec.low)}, {max(spec.high)}]"
+        if spec.low is not None and spec.high is not None
+        else ""
+    )
+    raise InvalidInput(
+        f"the {what} is not finite in float32 for row {rows}: the inputs are too far outside "
+        f"the range model '{manifest.name}' was trained on{bounds}"
+    )

@@ -3,6 +3,7 @@ must agree with each other, on energies and on every gradient."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -47,8 +48,12 @@ def expected_probe_output(manifest: Manifest) -> EnergyOutput:
 
 
 def _raise_if_apart(diffs: Mapping[str, float], rtol: float, what: str) -> dict[str, float]:
-    worst = max(diffs, key=lambda k: diffs[k])
-    if not diffs[worst] <= rtol:  # also catches NaN
+    # A NaN is the worst of all: max() alone would skip it (NaN compares false).
+    failing = [k for k, v in diffs.items() if not v <= rtol]
+    if failing:
+        worst = next((k for k in failing if math.isnan(diffs[k])), None) or max(
+            failing, key=lambda k: diffs[k]
+        )
         raise BackendError(
             f"{what}: {worst} differs by {diffs[worst]:.3g} relative; allowed is {rtol:g}"
         )

@@ -1,0 +1,71 @@
+"""Defects a fuzzer and careless clients found (issue 9), each kept closed by a test that
+failed on the main they were found on."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+
+def post(server: Server, path: str, body: Any) -> httpx.Response:
+    with server.client() as client:
+        return client.post(path, json=body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # an energy that overflows float32 came back as null in a 200
+        ("/v1/models/spiral/energy", {"y": [[1e20, 0.0]]}),
+        ("/v1/models/car/energy", {"x": [[0.0, 20.0, 10.0]], "y": [[3e38, 3e38]], "grad": True}),
+        ("/v1/models/ellipse/energy", {"y": [[1e20, 0.0]], "z": [[0.5]]}),
+        ("/v1/models/mixture/energy", {"y": [[1e20, 0.0]], "free_energy": "min"}),
+        ("/v1/models/mixture/energy", {"y": [[1e20, 0.0]], "free_energy": "marginal"}),
+        ("/v1/models/ellipse/energy", {"y": [[1e20, 0.0]], "free_energy": "marginal"}),
+        # ... and a free-energy search with no finite candidate was a 500 (IndexError)
+        ("/v1/models/ellipse/energy", {"y": [[1e20, 0.0]], "free_energy": "min"}),
+    ],
+)
+def test_an_energy_that_overflows_float32_is_a_clear_422_never_null(
+    server: Server, path: str, body: dict[str, Any]
+) -> None:
+    response = post(server, path, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_input"
+    assert "row 0" in error["message"]
+    assert "not finite" in error["message"]
+    # a finite row in the same model still scores
+    ok = post(server, path, {**body, "y": [[0.5, 0.5]]})
+    assert ok.status_code == 200, ok.text
+    assert None not in ok.json()["energy"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_is_read(server: Server) -> None:
+    """Content-Length bodies over EBM_MAX_BODY_BYTES (64 MiB) got 413; a chunked one was
+    read and parsed whole."""
+    host, port = server.url.removeprefix("http://").split(":")
+    chunk = b"[" + b"0," * (1 << 19) + b"0]"  # ~1 MiB of a JSON array
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/models/spiral/energy HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        sent = 0
+        try:
+            while sent < 70 * 1024 * 1024:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b'"payload_too_large"' in reply
+    assert sent < 70 * 1024 * 1024 or b"67108864" in reply
+    assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
