@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from app.api.applicable import check_energy
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.free_energy import free_energy
 from app.api.responses import json_response
@@ -13,7 +14,6 @@ from app.api.routing import OrjsonRoute
 from app.api.tensors import pair_inputs, require_finite
 from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
-from app.errors import InvalidInput
 from app.inference.scoring import ScoreJob
 from app.registry.backends.base import EnergyOutput
 from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
@@ -49,10 +49,9 @@ async def energy(
     settings: SettingsDep,
 ) -> Response:
     manifest = catalog.get(name, body.version)
+    check_energy(manifest, body)
     if body.free_energy is not None:
         return json_response(await free_energy(request, manifest, body, dispatcher, settings))
-    if body.beta is not None or body.num_samples is not None:
-        raise InvalidInput("beta and num_samples go with free_energy: 'min' or 'marginal'")
     inputs = pair_inputs(
         manifest, {"x": body.x, "y": body.y, "z": body.z}, manifest.batching.max_rows_per_request
     )

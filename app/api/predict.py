@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from app.api.applicable import check_predict
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
@@ -38,6 +39,7 @@ async def predict(
 ) -> Response:
     manifest = catalog.get(name, body.version)
     params = resolve(manifest, body.model_dump(exclude={"x", "y_known", "y_mask", "version"}))
+    check_predict(manifest, body, params.method)
     given = search_inputs(manifest, body)
     check_cost(manifest, given.rows, params.num_starts, params.steps, settings)
     job = SearchJob(

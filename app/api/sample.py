@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from app.api.applicable import check_sample
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
@@ -69,6 +70,7 @@ async def sample(
         y_mask=given.y_mask,
         decodes=decodes,
     )
+    check_sample(manifest, body, job.uses_chains)
     steps = params.chain_steps if job.uses_chains else 1
     check_cost(manifest, given.rows, job.rows // given.rows, steps, settings)
     deadline = request_deadline(settings, body.deadline_ms)

@@ -69,3 +69,50 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_is_read(server: Serve
     assert b'"payload_too_large"' in reply
     assert sent < 70 * 1024 * 1024 or b"67108864" in reply
     assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+DIGIT = [[float((r * 8 + c) % 17) for c in range(8)] for r in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/models/digits/energy", {"x": [DIGIT], "y": [[3]], "grad": True}, "grad"),
+        ("/v1/models/car/energy", {"x": [[0.0, 20.0, 10.0]], "y": [[20, 2]], "seed": 3}, "seed"),
+        (
+            "/v1/models/ellipse/energy",
+            {"y": [[0.5, 0.6]], "free_energy": "min", "num_samples": 16},
+            "num_samples",
+        ),
+        (
+            "/v1/models/mixture/energy",
+            {"y": [[0.5, 0.6]], "free_energy": "min", "beta": 2.0},
+            "beta",
+        ),
+        ("/v1/models/ellipse/sample", {"n": 4, "temperature": 0.5}, "temperature"),
+        ("/v1/models/ellipse/sample", {"n": 4, "steps": 50}, "steps"),
+        ("/v1/models/digits/predict", {"x": [DIGIT], "k": 11}, "k"),
+        ("/v1/models/digits/predict", {"x": [DIGIT], "num_starts": 5}, "num_starts"),
+        (
+            "/v1/models/car/predict",
+            {"x": [[0.0, 20.0, 10.0]], "method": "gd", "noise_scale": 0.5},
+            "noise_scale",
+        ),
+    ],
+)
+def test_a_field_that_does_not_apply_is_a_422_naming_it(
+    server: Server, path: str, body: dict[str, Any], field: str
+) -> None:
+    response = post(server, path, body)
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert f"{field}: " in message
+    # the same request without the field is served
+    del body[field]
+    assert post(server, path, body).status_code == 200
+
+
+def test_fields_at_their_defaults_are_accepted(server: Server) -> None:
+    body = {"x": [DIGIT], "y": [[3]], "grad": False, "seed": None}
+    assert post(server, "/v1/models/digits/energy", body).status_code == 200
+    assert post(server, "/v1/models/ellipse/sample", {"n": 2, "thin": 1}).status_code == 200

@@ -17,7 +17,9 @@ MANIFESTS = sorted(SHIPPED_MODELS.glob("*/[0-9]*/manifest.json"))
 def test_energy_endpoint_reproduces_the_export_probe(server: Server, path: object) -> None:
     manifest = read_manifest(path)  # type: ignore[arg-type]
     assert manifest.probe is not None
-    body = {**manifest.probe.inputs, "grad": True, "version": manifest.version}
+    # grad only where there is something to differentiate (digits' y is a label)
+    body = {**manifest.probe.inputs, "grad": bool(manifest.grad_names)}
+    body["version"] = manifest.version
     with server.client() as client:
         response = client.post(f"/v1/models/{manifest.name}/energy", json=body)
         detail = client.get(f"/v1/models/{manifest.name}").json()

@@ -22,7 +22,7 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("mixture", "energy", {"y": [[2.0, 0.0], [0.0, 0.0]], "free_energy": "marginal"}),
     ("mixture", "energy", {"y": [[2.0, 0.0]], "free_energy": "min"}),
     ("ellipse", "energy", {"y": [[0.5, 0.6]], "free_energy": "min", "seed": 3}),
-    ("ellipse", "energy", {"y": [[0.5, 0.6]], "free_energy": "marginal", "seed": 3}),
+    ("ellipse", "energy", {"y": [[0.5, 0.6]], "free_energy": "marginal"}),
     ("ellipse", "energy", {"y": [[0.5, 0.6]], "z": [[1.0]], "grad": True}),
     ("car", "predict", {"x": [[0.0, 20.0, 9.0], [-0.5, 12.0, 8.0]], "seed": 0}),
     ("car", "predict", {"x": [[0.0, 20.0, 9.0]], "method": "langevin", "seed": 1}),
