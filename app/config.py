@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         1, ge=0, description="Threads inside one backend call (onnxruntime/torch); 0 = library."
     )
+    cross_check: bool = Field(
+        False,
+        description="Also load each model on the other installed backend at start and "
+        "require both to agree (imports torch when serving on onnxruntime: ~400 MB).",
+    )
     parity_rtol: float = Field(
         1e-4, gt=0, description="Relative tolerance of the load-time parity probe."
     )

@@ -52,7 +52,8 @@ def serving_models(analytic_models: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def server(server_factory: Callable[..., Server], serving_models: Path) -> Server:
-    return server_factory(serving_models)
+    """The shipped models and the quadratic, each cross-checked on torch at start."""
+    return server_factory(serving_models, EBM_CROSS_CHECK="true")
 
 
 @pytest.fixture(scope="session")

@@ -219,10 +219,11 @@ def load_version(
     if manifest.probe is not None:
         model.parity[f"{wanted}_vs_probe"] = check_probe(backend, manifest, settings.parity_rtol)
         model.rows_independent = rows_independent(backend, manifest)
-    # The other backend, when it can run here, must agree too: a model is only served when
-    # its two artifacts describe the same energy.
+    # Asked to cross-check (always when publishing): the other backend, when it can run
+    # here, must agree too. Off by default: it would import torch into a process serving
+    # on onnxruntime, for ~400 MB the process then never gives back.
     for other_name, factory in usable.items():
-        if other_name == wanted:
+        if other_name == wanted or not settings.cross_check:
             continue
         other = factory(manifest, directory, settings)
         model.parity[f"{wanted}_vs_{other_name}"] = check_agreement(

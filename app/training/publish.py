@@ -155,7 +155,12 @@ def publish(
     # Round trip: hashes, both backends, probe parity; raises if the service would refuse it.
     # Explicit settings: EBM_* variables of the shell must not loosen the check.
     settings = Settings(
-        models_dir=models_dir, backend=BackendChoice.AUTO, parity_rtol=1e-4, intra_op_threads=1
+        models_dir=models_dir,
+        backend=BackendChoice.AUTO,
+        parity_rtol=1e-4,
+        intra_op_threads=1,
+        cross_check=True,
+        device="cpu",
     )
     model = load_version(out, settings, expected_dir=final)
     if final.exists():

@@ -23,7 +23,7 @@ def repo(analytic_models: Path, tmp_path: Path) -> Path:
 
 
 def test_loads_every_version_with_parity_on_both_backends(repo: Path) -> None:
-    registry = load_registry(Settings(models_dir=repo))
+    registry = load_registry(Settings(models_dir=repo, cross_check=True))
     assert registry.unavailable == []
     assert sorted(registry.versions("quad")) == [1, 2]
     model = registry.get("quad")
@@ -34,9 +34,15 @@ def test_loads_every_version_with_parity_on_both_backends(repo: Path) -> None:
 
 
 def test_torch_backend_can_be_chosen(repo: Path) -> None:
-    model = load_registry(Settings(models_dir=repo, backend=BackendChoice.TORCH)).get("quad", 1)
+    settings = Settings(models_dir=repo, backend=BackendChoice.TORCH, cross_check=True)
+    model = load_registry(settings).get("quad", 1)
     assert model.backend.name == "torch"
     assert set(model.parity) == {"torch_vs_probe", "torch_vs_onnx"}
+
+
+def test_without_cross_check_only_the_serving_backend_loads(repo: Path) -> None:
+    model = load_registry(Settings(models_dir=repo, backend=BackendChoice.ONNX)).get("quad", 1)
+    assert set(model.parity) == {"onnx_vs_probe"}
 
 
 def test_tampered_artifact_marks_only_that_version_unavailable(repo: Path) -> None:

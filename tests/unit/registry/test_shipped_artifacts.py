@@ -11,7 +11,7 @@ from tests.conftest import SHIPPED_MODELS
 
 @pytest.mark.parametrize("backend", [BackendChoice.ONNX, BackendChoice.TORCH])
 def test_shipped_models_load_with_parity(backend: BackendChoice) -> None:
-    registry = load_registry(Settings(models_dir=SHIPPED_MODELS, backend=backend))
+    registry = load_registry(Settings(models_dir=SHIPPED_MODELS, backend=backend, cross_check=True))
     assert registry.unavailable == []
     assert "car" in registry.models
     for versions in registry.models.values():

@@ -34,7 +34,8 @@ def _smoke_and_reload(name: str, models_dir: str) -> Verdict:
         assert metrics, f"{name} returned no metrics"
         parity: dict[str, float] = {}
         for backend in (BackendChoice.ONNX, BackendChoice.TORCH):
-            registry = load_registry(Settings(models_dir=Path(models_dir), backend=backend))
+            settings = Settings(models_dir=Path(models_dir), backend=backend, cross_check=True)
+            registry = load_registry(settings)
             assert registry.unavailable == [], registry.unavailable
             model = registry.get(name)
             assert model.backend.name == backend.value
