@@ -21,13 +21,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    from app.http_protocol import http_protocol
+
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
         loop=loop,
-        http=http,
+        http=http_protocol(),
         log_level=settings.log_level,
         access_log=args.access_log,
     )

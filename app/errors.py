@@ -7,6 +7,12 @@ string and a message that says what was wrong and what is allowed.
 from __future__ import annotations
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """A caller's string as error messages quote it: cut to ``limit`` characters, so a
+    100,000-character name cannot make a 100 KB error."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class EBMError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.disconnect import ClientDisconnected
 from app.api.responses import ebm_error_response, error_response
-from app.errors import EBMError
+from app.errors import EBMError, shown
 
 log = logging.getLogger("ebm.api")
 
@@ -73,8 +73,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return ebm_error_response(exc.__cause__)
         error_type = _HTTP_TYPES.get(exc.status_code, "http_error")
         message = str(exc.detail)
+        path = shown(request.url.path)
         if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; see /docs"
+            message = f"no route {request.method} {path}; see /docs"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {path}; allowed: {allowed}"
         return error_response(error_type, message, exc.status_code, dict(exc.headers or {}))
 
     @app.exception_handler(ClientDisconnected)

@@ -31,11 +31,20 @@ def _leaf_types(data: Any, depth: int) -> set[type]:
     checked before conversion. Raises TypeError when a level is not a list.
     """
     if not isinstance(data, list):
-        raise TypeError("not a list")
-    flat: Any = data
+        raise TypeError(_names({type(data)}))
+    level: list[Any] = data
     for _ in range(depth - 1):
-        flat = chain.from_iterable(flat)
-    return set(map(type, flat))
+        kinds = set(map(type, level))
+        if kinds - {list}:  # e.g. an object where a row belongs: iterating it would read keys
+            raise TypeError(_names(kinds - {list}))
+        level = list(chain.from_iterable(level))
+    return set(map(type, level))
+
+
+def _names(kinds: set[type]) -> str:
+    return ", ".join(
+        sorted(_TYPE_NAMES.get(k, "numbers" if k in (int, float) else k.__name__) for k in kinds)
+    )
 
 
 def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
@@ -46,8 +55,8 @@ def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     )
     try:
         leaves = _leaf_types(data, 1 + len(spec.shape))
-    except TypeError:
-        raise shape_error from None
+    except TypeError as found:
+        raise InvalidInput(f"{shape_error.message}; found {found} where lists belong") from None
     if not leaves:
         raise InvalidInput(f"{name} is empty; model '{model}' expects {expected} with N >= 1")
     if list in leaves:

@@ -30,6 +30,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from app.dispatch.drain import DrainRate
 from app.errors import DeadlineExceeded, Overloaded, ShuttingDown
 
 P = TypeVar("P")  # what a job carries to the backend
@@ -93,6 +94,7 @@ class Batcher(Generic[P, R]):
         self._task: asyncio.Task[None] | None = None
         self._last_batch_s = 0.0
         self._last_batch_rows = 0
+        self._drain = DrainRate()
 
     @property
     def queued(self) -> int:
@@ -107,7 +109,10 @@ class Batcher(Generic[P, R]):
             raise Overloaded(
                 f"{self.name}: {len(self._queue)} jobs are already queued (limit "
                 f"{self.max_queue}); retry later",
-                retry_after_s=max(1.0, self._last_batch_s * len(self._queue)),
+                # When the queue will have drained at the rate it has been draining (a
+                # batch serves many jobs: the last batch's time x queue length was ~15x
+                # too pessimistic).
+                retry_after_s=min(60.0, self._drain.seconds_for(len(self._queue))),
             )
         loop = asyncio.get_running_loop()
         job: Job[P, R] = Job(payload, rows, deadline, loop.create_future())
@@ -237,6 +242,7 @@ class Batcher(Generic[P, R]):
             self._last_batch_rows = rows
         self.stats.batches += 1
         self.stats.jobs += len(live)
+        self._drain.observe(len(live), self._last_batch_s)
         self.stats.rows += rows
         self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
         for job, result in zip(live, results, strict=True):

@@ -30,6 +30,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from app.config import Settings
+from app.dispatch.drain import DrainRate
 from app.dispatch.queue import (
     ENQUEUE_LUA,
     BlockingReader,
@@ -55,29 +56,6 @@ class _Waiting:
     future: asyncio.Future[Result]
     entry_id: bytes | None = None
     stream: str = ""
-
-
-class DrainRate:
-    """Jobs answered per second (exponentially weighted): how fast a backlog drains, for
-    the Retry-After of a 429."""
-
-    def __init__(self, half_life_s: float = 5.0) -> None:
-        self.half_life_s = half_life_s
-        self.rate = 0.0
-        self._last = time.monotonic()
-        self._count = 0
-
-    def tick(self) -> None:
-        self._count += 1
-        now = time.monotonic()
-        elapsed = now - self._last
-        if elapsed >= 0.25:
-            weight = 0.5 ** (elapsed / self.half_life_s)
-            self.rate = weight * self.rate + (1 - weight) * self._count / elapsed
-            self._last, self._count = now, 0
-
-    def seconds_for(self, jobs: int) -> float:
-        return jobs / self.rate if self.rate > 0 else 5.0
 
 
 class RedisDispatcher:

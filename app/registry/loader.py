@@ -23,6 +23,7 @@ from app.errors import (
     ModelNotFound,
     ModelUnavailable,
     VersionNotFound,
+    shown,
 )
 from app.registry.backends.base import EnergyBackend
 from app.registry.hashing import sha256_of
@@ -89,7 +90,7 @@ class Registry(Generic[M]):
         problems = self.problems(name)
         if not versions and not problems:
             known = ", ".join(self.names()) or "none"
-            raise ModelNotFound(f"model '{name}' does not exist; models: {known}")
+            raise ModelNotFound(f"model '{shown(name)}' does not exist; models: {known}")
         if version is None:
             if not versions:
                 raise ModelUnavailable(f"model '{name}' is unavailable: {problems[0].reason}")

@@ -116,3 +116,49 @@ def test_fields_at_their_defaults_are_accepted(server: Server) -> None:
     body = {"x": [DIGIT], "y": [[3]], "grad": False, "seed": None}
     assert post(server, "/v1/models/digits/energy", body).status_code == 200
     assert post(server, "/v1/models/ellipse/sample", {"n": 2, "thin": 1}).status_code == 200
+
+
+def _raw(server: Server, request: bytes) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+            if b"\r\n\r\n" in reply and b'"}}' in reply:
+                break
+        return reply
+
+
+def test_a_request_uvicorn_cannot_parse_still_gets_the_error_envelope(server: Server) -> None:
+    reply = _raw(server, b"GET /v1/models/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"application/json" in head
+    assert b'"type":"invalid_http"' in body
+    assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_long_model_name_is_not_echoed_whole(server: Server) -> None:
+    response = httpx.get(f"{server.url}/v1/models/{'a' * 1000}", timeout=10)
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert len(message) < 400
+    assert "1000 characters" in message
+
+
+def test_405_says_which_methods_are_allowed(server: Server) -> None:
+    response = httpx.get(f"{server.url}/v1/models/car/energy", timeout=10)
+    assert response.status_code == 405
+    message = response.json()["error"]["message"]
+    assert "GET" in message
+    assert "allowed: POST" in message
+
+
+def test_an_object_where_a_row_belongs_is_named_an_object(server: Server) -> None:
+    body = {"x": [[0.0, 20.0, 10.0]], "y": [{"a": 1}]}
+    response = post(server, "/v1/models/car/energy", body)
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "objects" in message
+    assert "strings" not in message

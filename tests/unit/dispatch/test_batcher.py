@@ -277,3 +277,32 @@ def test_an_early_runner_hands_results_over_before_its_batch_ends() -> None:
 def test_a_batcher_takes_exactly_one_kind_of_runner() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         Batcher(executor=ThreadPoolExecutor(1), max_rows=1, max_delay_s=0, max_queue=1)
+
+
+def test_retry_after_follows_the_measured_drain_rate() -> None:
+    """A batch serves many jobs: 64 queued jobs that one 50 ms batch drains are told to come
+    back in a second, not in 64 x 50 ms (the last batch's time per queued job, ~15x too
+    pessimistic on a burst that really drained in 2.9 s)."""
+
+    class Slow(Recorder):
+        def __call__(self, payloads: Sequence[int]) -> list[int]:
+            time.sleep(0.05)
+            return super().__call__(payloads)
+
+    async def scenario() -> None:
+        runner = Slow()
+        batcher = make(runner, max_rows=64, max_queue=64)
+        await asyncio.gather(*(batcher.submit(i, 1, far()) for i in range(64)))  # measured
+        runner.gate.clear()
+        head = asyncio.ensure_future(batcher.submit(0, 1, far()))
+        await asyncio.to_thread(runner.entered.wait, 5)
+        queued = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in range(64)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as info:
+            await batcher.submit(99, 1, far())
+        assert info.value.retry_after_s < 1.0
+        assert info.value.headers()["Retry-After"] == "1"
+        runner.gate.set()
+        await asyncio.gather(head, *queued)
+
+    asyncio.run(scenario())
