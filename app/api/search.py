@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.api.tensors import check_row_limit, known_components, to_batch
+from app.api.tensors import check_row_limit, known_components, require_within, to_batch
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge
 from app.registry.backends.base import Array
@@ -30,6 +30,9 @@ def observations(manifest: Manifest, x: Any, y_known: Any) -> tuple[Array | None
     if isinstance(x, list):
         check_row_limit(model, len(x), manifest.batching.max_rows_per_request)
     batch = to_batch("x", x, manifest.x, model)
+    # Searching from an x outside the range the model was trained on gives answers pinned
+    # to y's bounds or worse: refused. (/energy still scores any finite x: high is right.)
+    require_within("x", batch, manifest.x, model)
     return batch, len(batch)
 
 

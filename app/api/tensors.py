@@ -184,17 +184,30 @@ def known_components(
             f"both need one row per x ({rows if rows is not None else len(known)})"
         )
     known, mask = known.reshape(len(known), -1), mask.reshape(len(mask), -1)
+    require_within("y_known", known, spec, model, mask)
+    return known, mask
+
+
+def require_within(
+    name: str, values: Array, spec: TensorSpec, model: str, selected: np.ndarray | None = None
+) -> None:
+    """Refuse (422) the first component of ``values [R, ...]`` (where ``selected``) outside
+    the spec's bounds, naming its row, component and the bounds."""
+    flat = values.reshape(len(values), -1)
     low = np.asarray(spec.low if spec.low is not None else -np.inf, np.float32)
     high = np.asarray(spec.high if spec.high is not None else np.inf, np.float32)
-    outside = mask & ((known < low) | (known > high))
-    if outside.any():
-        row, col = (int(i) for i in np.argwhere(outside)[0])
-        raise InvalidInput(
-            f"y_known row {row} component {col} is {float(known[row, col]):g}, outside the "
-            f"bounds [{float(np.broadcast_to(low, known.shape[1:])[col]):g}, "
-            f"{float(np.broadcast_to(high, known.shape[1:])[col]):g}] of model '{model}'"
-        )
-    return known, mask
+    outside = (flat < low) | (flat > high)
+    if selected is not None:
+        outside &= selected
+    if not outside.any():
+        return
+    row, col = (int(i) for i in np.argwhere(outside)[0])
+    label = f" ({spec.names[col]})" if spec.names and col < len(spec.names) else ""
+    raise InvalidInput(
+        f"{name} row {row} component {col}{label} is {float(flat[row, col]):g}, outside the "
+        f"bounds [{float(np.broadcast_to(low, flat.shape[1:])[col]):g}, "
+        f"{float(np.broadcast_to(high, flat.shape[1:])[col]):g}] of model '{model}'"
+    )
 
 
 def require_finite(manifest: Manifest, what: str, values: Array | Sequence[float]) -> None:

@@ -162,3 +162,18 @@ def test_an_object_where_a_row_belongs_is_named_an_object(server: Server) -> Non
     message = response.json()["error"]["message"]
     assert "objects" in message
     assert "strings" not in message
+
+
+@pytest.mark.parametrize("op", ["predict", "sample"])
+def test_a_search_from_an_x_outside_the_trained_range_is_refused(server: Server, op: str) -> None:
+    response = post(server, f"/v1/models/car/{op}", {"x": [[0.0, 20.0, 10.0], [50, 200, -10]]})
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "x row 1 component 0" in message
+    assert "outside the bounds [-1, 1]" in message
+
+
+def test_scoring_an_x_outside_the_trained_range_is_legitimate(server: Server) -> None:
+    body = {"x": [[50.0, 200.0, -10.0]], "y": [[20.0, 2.0]]}
+    response = post(server, "/v1/models/car/energy", body)
+    assert response.status_code == 200, response.text
