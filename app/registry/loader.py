@@ -242,6 +242,10 @@ def _version_dirs(settings: Settings, only: frozenset[str] | None) -> Iterator[P
         return
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         if not re.match(NAME_PATTERN, model_dir.name):
+            if not model_dir.name.startswith((".", "__")):  # hidden and cache folders: quiet
+                log.warning(
+                    "skipping folder %s: not a model name (%s)", model_dir.name, NAME_PATTERN
+                )
             continue
         if only is not None and model_dir.name not in only:
             continue

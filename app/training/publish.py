@@ -9,6 +9,7 @@ publishes a model the service would refuse.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from app.registry.hashing import sha256_of
 from app.registry.loader import LoadedModel, load_version
 from app.registry.manifest import (
     MANIFEST_FILE,
+    NAME_PATTERN,
     Artifact,
     Artifacts,
     Batching,
@@ -99,9 +101,7 @@ def publish(
     """
     module = module.eval()
     input_names = list(probe_inputs)
-    expected = [n for n, spec in (("x", x), ("y", y), ("z", z)) if spec is not None]
-    if input_names != expected:  # checked before the (slow) exports
-        raise ValueError(f"probe inputs {input_names} must be {expected}, in that order")
+    _check_before_export(module, name, version, probe_inputs, x, y, z)
     final = models_dir / name / str(version)
     # Export into a staging folder and swap it in only after the round trip succeeded: a
     # failed export never destroys the version that was there.
@@ -109,62 +109,100 @@ def publish(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    try:
+        examples = [probe_inputs[n] for n in input_names]
+        specs = {"x": x, "y": y, "z": z}
+        grad_names: list[str] = [
+            n for n in ("y", "z") if n in input_names and (s := specs[n]) and s.kind == "continuous"
+        ]
+        export_onnx(module, examples, input_names, out / ENERGY_ONNX, grad_names)
+        if grad_names:  # without gradients energy.onnx is already the forward graph
+            extract_score_onnx(out / ENERGY_ONNX, input_names, out / SCORE_ONNX)
+        export_pt2(module, examples, input_names, out / ENERGY_PT2)
+        decoder_inputs: list[str] = [n for n in ("x", "z") if n in input_names]
+        if decoder is not None:
+            decoder = decoder.eval()
+            decoder_examples = [probe_inputs[n] for n in decoder_inputs]
+            export_decoder_onnx(decoder, decoder_examples, decoder_inputs, out / DECODER_ONNX)
+            export_pt2(decoder, decoder_examples, decoder_inputs, out / DECODER_PT2)
 
-    examples = [probe_inputs[n] for n in input_names]
-    specs = {"x": x, "y": y, "z": z}
-    grad_names: list[str] = [
-        n for n in ("y", "z") if n in input_names and (s := specs[n]) and s.kind == "continuous"
-    ]
-    export_onnx(module, examples, input_names, out / ENERGY_ONNX, grad_names)
-    if grad_names:  # without gradients energy.onnx is already the forward graph
-        extract_score_onnx(out / ENERGY_ONNX, input_names, out / SCORE_ONNX)
-    export_pt2(module, examples, input_names, out / ENERGY_PT2)
-    decoder_inputs: list[str] = [n for n in ("x", "z") if n in input_names]
-    if decoder is not None:
-        decoder = decoder.eval()
-        decoder_examples = [probe_inputs[n] for n in decoder_inputs]
-        export_decoder_onnx(decoder, decoder_examples, decoder_inputs, out / DECODER_ONNX)
-        export_pt2(decoder, decoder_examples, decoder_inputs, out / DECODER_PT2)
+        def artifact(file: str) -> Artifact:
+            return Artifact(file=file, sha256=sha256_of(out / file))
 
-    def artifact(file: str) -> Artifact:
-        return Artifact(file=file, sha256=sha256_of(out / file))
+        manifest = Manifest(
+            name=name,
+            version=version,
+            description=description,
+            x=x,
+            y=y,
+            z=z,
+            artifacts=Artifacts(
+                energy_onnx=artifact(ENERGY_ONNX),
+                score_onnx=artifact(SCORE_ONNX) if grad_names else None,
+                energy_pt2=artifact(ENERGY_PT2),
+                decoder_onnx=artifact(DECODER_ONNX) if decoder is not None else None,
+                decoder_pt2=artifact(DECODER_PT2) if decoder is not None else None,
+            ),
+            inference=inference or InferenceDefaults(),
+            batching=batching or Batching(),
+            training=training,
+            metrics=dict(metrics),
+            card=card,
+            probe=_probe(module, probe_inputs, grad_names, decoder, decoder_inputs),
+        )
+        payload: dict[str, Any] = manifest.model_dump(mode="json", exclude_none=True)
+        (out / MANIFEST_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        # Round trip: hashes, both backends, probe parity; raises if the service would refuse it.
+        # Explicit settings: EBM_* variables of the shell must not loosen the check.
+        settings = Settings(
+            models_dir=models_dir,
+            backend=BackendChoice.AUTO,
+            parity_rtol=1e-4,
+            intra_op_threads=1,
+            cross_check=True,
+            device="cpu",
+        )
+        model = load_version(out, settings, expected_dir=final)
+        if final.exists():
+            shutil.rmtree(final)
+        out.rename(final)
+        model.directory = final  # the sessions already hold the graphs; only the path moved
+        return model
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a failed publish leaves nothing behind
+        raise
 
-    manifest = Manifest(
-        name=name,
-        version=version,
-        description=description,
-        x=x,
-        y=y,
-        z=z,
-        artifacts=Artifacts(
-            energy_onnx=artifact(ENERGY_ONNX),
-            score_onnx=artifact(SCORE_ONNX) if grad_names else None,
-            energy_pt2=artifact(ENERGY_PT2),
-            decoder_onnx=artifact(DECODER_ONNX) if decoder is not None else None,
-            decoder_pt2=artifact(DECODER_PT2) if decoder is not None else None,
-        ),
-        inference=inference or InferenceDefaults(),
-        batching=batching or Batching(),
-        training=training,
-        metrics=dict(metrics),
-        card=card,
-        probe=_probe(module, probe_inputs, grad_names, decoder, decoder_inputs),
-    )
-    payload: dict[str, Any] = manifest.model_dump(mode="json", exclude_none=True)
-    (out / MANIFEST_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-    # Round trip: hashes, both backends, probe parity; raises if the service would refuse it.
-    # Explicit settings: EBM_* variables of the shell must not loosen the check.
-    settings = Settings(
-        models_dir=models_dir,
-        backend=BackendChoice.AUTO,
-        parity_rtol=1e-4,
-        intra_op_threads=1,
-        cross_check=True,
-        device="cpu",
-    )
-    model = load_version(out, settings, expected_dir=final)
-    if final.exists():
-        shutil.rmtree(final)
-    out.rename(final)
-    model.directory = final  # the sessions already hold the graphs; only the path moved
-    return model
+
+def _check_before_export(
+    module: nn.Module,
+    name: str,
+    version: int,
+    probe_inputs: Mapping[str, torch.Tensor],
+    x: TensorSpec | None,
+    y: TensorSpec,
+    z: TensorSpec | None,
+) -> None:
+    """The mistakes a recipe can make, refused with a plain message before the (slow)
+    exports rather than by the exporters' or the manifest's validation afterwards."""
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"model name {name!r} must match {NAME_PATTERN} (lowercase, digits, -_)")
+    if version < 1:
+        raise ValueError(f"version must be >= 1, got {version}")
+    input_names = list(probe_inputs)
+    expected = [n for n, spec in (("x", x), ("y", y), ("z", z)) if spec is not None]
+    if input_names != expected:
+        raise ValueError(f"probe inputs {input_names} must be {expected}, in that order")
+    rows = {n: int(t.shape[0]) for n, t in probe_inputs.items()}
+    if len(set(rows.values())) != 1 or min(rows.values()) < 2:
+        raise ValueError(
+            f"probe inputs need the same number of rows, at least 2 (a batch of 1 would be "
+            f"traced into the graphs as a constant); got {rows}"
+        )
+    with torch.no_grad():
+        energy = module(*probe_inputs.values())
+    batch = next(iter(rows.values()))
+    if tuple(energy.shape) != (batch,):
+        raise ValueError(
+            f"the energy must have shape [B] (one scalar per row); for {batch} probe rows it "
+            f"has shape {list(energy.shape)}: squeeze the last dimension"
+        )
