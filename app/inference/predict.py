@@ -6,6 +6,7 @@ runner here is what the batcher calls with the coalesced jobs of one model and m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +14,12 @@ from typing import Any
 import numpy as np
 
 from app.inference.batch import deterministic_groups
-from app.inference.modes import select_modes
+from app.inference.control import seconds_left
+from app.inference.modes import merge_seconds, select_modes
 from app.inference.search import Candidates, Search, SearchJob
 from app.registry.loader import LoadedModel
+
+FINISH_SLACK_S = 0.02  # building the response after the last merge
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,21 @@ def to_predictions(
     y_discrete = manifest.y.kind == "discrete"
     z_spec = manifest.z
     per_x: list[list[dict[str, Any]]] = []
+    per_row_s = merge_seconds(params.k, params.num_starts)
+    merged_s, merged, cut = 0.0, 0, False
     for i in range(job.rows_x):
+        # The answer must leave before the deadline: when the time left would not cover one
+        # more full merge, the remaining x get their single best candidate (partial).
+        k = params.k
+        if seconds_left(job.control.deadline) < 1.5 * per_row_s + FINISH_SLACK_S:
+            k, cut = 1, True
+        started = time.monotonic()
         modes = select_modes(
-            found.y[i], found.energy[i], params.k, params.merge_radius, params.temperature
+            found.y[i], found.energy[i], k, params.merge_radius, params.temperature
         )
+        if k == params.k:
+            merged_s, merged = merged_s + time.monotonic() - started, merged + 1
+            per_row_s = merged_s / merged
         row = []
         for mode in modes:
             j = mode.index
@@ -71,7 +86,7 @@ def to_predictions(
         "steps_run": found.steps_run,
         "candidates": job.rows,
         "evaluations": found.evaluations,
-        "partial": found.partial,
+        "partial": found.partial or cut,
         "seed": params.seed,
         "coalesced_jobs": coalesced,
         "time_ms": round(found.elapsed_s * 1000, 3),

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference.batch import per_row
-from app.inference.control import Control
+from app.inference.control import Control, seconds_left
+from app.inference.modes import merge_seconds
 from app.inference.params import SearchParams
 from app.inference.space import Space
 from app.registry.backends.base import Array
@@ -75,6 +76,7 @@ class _Segment:
     steps: int
     done: bool = False
     dropped: bool = False  # cancelled or expired with nobody left to answer: no result
+    finish_s: float = 0.0  # kept before the deadline for post-processing (the merge)
     frozen_any: bool = False  # some of its x have converged and stopped searching
     partial: bool = False
     steps_run: int = 0
@@ -107,7 +109,12 @@ class Search:
             if self.method == "langevin":
                 steps += max(1, math.ceil(steps * LANGEVIN_REFINE_SHARE)) if steps else 0
             rng = np.random.default_rng(job.params.seed)
-            self.segments.append(_Segment(job, at, at + job.rows, rng, steps))
+            segment = _Segment(job, at, at + job.rows, rng, steps)
+            # Time to keep for merging its candidates into modes after the search (at most
+            # half its budget: the search itself gets at least the other half).
+            merge_s = job.rows_x * merge_seconds(job.params.k, job.params.num_starts)
+            segment.finish_s = min(merge_s, 0.5 * max(0.0, seconds_left(job.control.deadline)))
+            self.segments.append(segment)
             at += job.rows
         self.rows = at
         self._init_rows()
@@ -234,7 +241,7 @@ class Search:
                     s.done = s.dropped = True
                 elif t >= s.steps:
                     s.done = True
-                elif control.expired(max(margin_s, 3 * last_step_s)):
+                elif control.expired(max(margin_s, 3 * last_step_s) + s.finish_s):
                     s.done, s.partial = True, True
             stopped = [
                 i
