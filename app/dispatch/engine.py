@@ -26,14 +26,13 @@ from app.inference.sampling import SampleJob, sample_runner
 from app.inference.scoring import ScoreJob, score_runner
 from app.inference.search import SearchJob
 from app.registry.loader import LoadedModel, Registry
+from app.registry.manifest import Batching
 
 
-def batching_limits(model_batching: Any, settings: Settings) -> tuple[int, float]:
+def batching_limits(batching: Batching, settings: Settings) -> tuple[int, float]:
     """(max rows, max delay in s): the manifest's, unless the environment overrides them."""
-    max_rows = settings.max_batch_size or model_batching.max_batch_size
-    delay_ms = (
-        model_batching.max_delay_ms if settings.max_delay_ms is None else settings.max_delay_ms
-    )
+    max_rows = settings.max_batch_size or batching.max_batch_size
+    delay_ms = batching.max_delay_ms if settings.max_delay_ms is None else settings.max_delay_ms
     return max_rows, delay_ms / 1000
 
 
