@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench lint format train system-deps clean
+.PHONY: serve test bench soak lint format train system-deps clean
 
 # The serving install (no torch): enough for `ebm serve` on the shipped ONNX artifacts.
 $(VENV)/.serve-installed: pyproject.toml
@@ -36,6 +36,11 @@ test: $(VENV)/.dev-installed system-deps
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m tests.bench.run_all
+
+# Minutes of mixed load on embedded and Redis mode; SOAK_SECONDS sets the length of each.
+SOAK_SECONDS ?= 150
+soak: $(VENV)/.dev-installed system-deps
+	$(PY) -m tests.soak.run --seconds $(SOAK_SECONDS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check app tests models
