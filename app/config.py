@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
     )
+    parse_offload_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Bodies at least this large are parsed in a helper process, so the "
+        "event loop keeps serving other requests meanwhile.",
+    )
     max_search_cost: int = Field(
         5_000_000,
         ge=1,

@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import energy, health, models, predict, sample
+from app.api.body import BodyParser
 from app.api.deps import require_api_key
 from app.api.errors import install_error_handlers
 from app.api.responses import error_response
@@ -81,6 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     catalog, dispatcher = await _open_dispatcher(settings)
     app.state.catalog, app.state.dispatcher = catalog, dispatcher
+    app.state.body_parser = BodyParser(processes=1)
+    app.state.body_parser.start()
     # Everything loaded so far (libraries, models) lives as long as the process: move it out
     # of the collector's reach, or each full collection walks it (torch alone is hundreds of
     # thousands of objects) and stalls every in-flight request.
@@ -96,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        app.state.body_parser.close()
         await app.state.dispatcher.close()
 
 

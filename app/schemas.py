@@ -7,11 +7,44 @@ the model's manifest.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, WithJsonSchema
+from pydantic_core import PydanticKnownError, core_schema
+
+from app.api.body import ParsedTensor
 
 NestedList = list[Any]
+
+
+def _nested(leaf: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Rows of ``leaf`` values nested up to ``depth`` levels (a row's rank, at most 3)."""
+    inner: dict[str, Any] = {"type": "array", "items": leaf}
+    for _ in range(depth - 1):
+        inner = {"type": "array", "items": {"anyOf": [leaf, inner]}}
+    return {"type": "array", "minItems": 1, "items": inner}
+
+
+class _ListOrParsed:
+    """A request tensor: nested lists, or the array the body parser process already made
+    of them (large bodies, see app.api.body). Refused as "a valid list" otherwise."""
+
+    def __get_pydantic_core_schema__(
+        self, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(_list_or_parsed)
+
+
+def _list_or_parsed(value: Any) -> Any:
+    if isinstance(value, list | ParsedTensor):
+        return value
+    raise PydanticKnownError("list_type")
+
+
+# [N, *shape]: nested lists of numbers (true/false for a mask), as the schema says;
+# app.api.tensors checks the shape against the model.
+Tensor = Annotated[Any, _ListOrParsed(), WithJsonSchema(_nested({"type": "number"}, 3))]
+Mask = Annotated[Any, _ListOrParsed(), WithJsonSchema(_nested({"type": "boolean"}, 3))]
 
 
 class ErrorBody(BaseModel):
@@ -39,11 +72,11 @@ class EnergyRequest(BaseModel):
         },
     )
 
-    x: NestedList | None = Field(
+    x: Tensor | None = Field(
         None, description="Observations [N, *x_shape]; omit for unconditional models."
     )
-    y: NestedList = Field(description="Answers to score [N, *y_shape], paired row by row with x.")
-    z: NestedList | None = Field(None, description="Latent values [N, *z_shape], latent models.")
+    y: Tensor = Field(description="Answers to score [N, *y_shape], paired row by row with x.")
+    z: Tensor | None = Field(None, description="Latent values [N, *z_shape], latent models.")
     grad: bool = Field(False, description="Also return dE/dy (and dE/dz for latent models).")
     version: int | None = Field(None, ge=1, description="Model version; default the newest.")
     deadline_ms: float | None = Field(
@@ -81,15 +114,15 @@ class SearchFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    x: NestedList | None = Field(
+    x: Tensor | None = Field(
         None, description="Observations [N, *x_shape]; omit for unconditional models."
     )
-    y_known: NestedList | None = Field(
+    y_known: Tensor | None = Field(
         None,
         description="Fill in the blanks: values [N, *y_shape] of the observed components of "
         "y (those where y_mask is true); the others are inferred. Needs y_mask.",
     )
-    y_mask: NestedList | None = Field(
+    y_mask: Mask | None = Field(
         None, description="Booleans [N, *y_shape]: true where y_known is observed (clamped)."
     )
     seed: int | None = Field(

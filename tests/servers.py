@@ -29,7 +29,8 @@ class Server:
         self.log = log
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+        options: dict[str, Any] = {"timeout": 30, **kwargs}
+        return httpx.Client(base_url=self.url, **options)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

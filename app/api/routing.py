@@ -1,8 +1,10 @@
-"""A route class whose JSON bodies are parsed by orjson.
+"""A route class whose JSON bodies are parsed by orjson, large ones in a helper process.
 
 FastAPI parses request bodies through ``Request.json()``; the standard library's parser
 takes several times longer than orjson on a bulk request of thousands of rows. orjson also
-refuses NaN and Infinity literals, which are not JSON.
+refuses NaN and Infinity literals, which are not JSON. A body of at least
+``EBM_PARSE_OFFLOAD_BYTES`` is parsed by ``app.api.body``'s helper process instead, so that
+the event loop keeps serving while it is parsed.
 """
 
 from __future__ import annotations
@@ -14,14 +16,30 @@ import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from app.api.body import BodyParser
+from app.registry.loader import Catalog
+
 
 class OrjsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             # orjson.JSONDecodeError subclasses json.JSONDecodeError, which FastAPI turns
             # into a json_invalid validation error.
-            self._json = orjson.loads(await self.body())
+            raw = await self.body()
+            state = self.scope["app"].state
+            parser: BodyParser | None = getattr(state, "body_parser", None)
+            if parser is not None and len(raw) >= state.settings.parse_offload_bytes:
+                self._json = await parser.parse(raw, _most_rows(state.catalog, self))
+            else:
+                self._json = orjson.loads(raw)
         return self._json
+
+
+def _most_rows(catalog: Catalog, request: Request) -> int:
+    """The most rows this request could be allowed: the parser converts no longer list."""
+    versions = catalog.versions(request.path_params.get("name", ""))
+    manifests = versions.values() or [m for v in catalog.models.values() for m in v.values()]
+    return max((m.batching.max_rows_per_request for m in manifests), default=0)
 
 
 class OrjsonRoute(APIRoute):

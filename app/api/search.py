@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from app.api.tensors import check_row_limit, known_components, require_within, to_batch
+from app.api.tensors import (
+    check_row_limit,
+    known_components,
+    require_within,
+    row_count,
+    to_batch,
+)
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge
 from app.registry.backends.base import Array
@@ -24,11 +30,10 @@ def observations(manifest: Manifest, x: Any, y_known: Any) -> tuple[Array | None
     if manifest.x is None:
         if x is not None:
             raise InvalidInput(f"model '{model}' is unconditional: omit x")
-        return None, len(y_known) if isinstance(y_known, list) and y_known else 1
+        return None, row_count(y_known) or 1
     if x is None:
         raise InvalidInput(f"model '{model}' is conditional: x is required")
-    if isinstance(x, list):
-        check_row_limit(model, len(x), manifest.batching.max_rows_per_request)
+    check_row_limit(model, row_count(x), manifest.batching.max_rows_per_request)
     batch = to_batch("x", x, manifest.x, model)
     # Searching from an x outside the range the model was trained on gives answers pinned
     # to y's bounds or worse: refused. (/energy still scores any finite x: high is right.)

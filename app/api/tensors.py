@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.api.body import ParsedTensor
 from app.errors import InvalidInput, PayloadTooLarge
 from app.registry.backends.base import Array
 from app.registry.manifest import Manifest, TensorSpec
@@ -49,6 +50,39 @@ def _names(kinds: set[type]) -> str:
 
 def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     """``data`` as a float32 array ``[N, *spec.shape]`` of finite numbers, N >= 1."""
+    if isinstance(data, ParsedTensor):
+        batch = _from_parsed(name, data, spec, model)
+    else:
+        batch = _from_lists(name, data, spec, model)
+    if tuple(batch.shape[1:]) != tuple(spec.shape):
+        shape = "[" + ", ".join(map(str, batch.shape)) + "]"
+        raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {_expected(spec)}")
+    if not np.isfinite(batch).all():
+        bad_row = int(np.argwhere(~np.isfinite(batch.reshape(len(batch), -1)))[0][0])
+        raise InvalidInput(
+            f"{name} row {bad_row} holds NaN, Infinity or a value beyond float32 range; "
+            "only finite numbers are allowed"
+        )
+    if spec.kind == "discrete":
+        _check_labels(name, batch, spec)
+    return batch
+
+
+def _from_parsed(name: str, data: ParsedTensor, spec: TensorSpec, model: str) -> Array:
+    """The array the body parser process made (large bodies); its problem, if any, is
+    reported against the model's expected shape."""
+    expected = _expected(spec)
+    if data.array is None:
+        raise InvalidInput(f"{name} {data.problem}; model '{model}' expects {expected}")
+    if data.array.dtype != np.float32:
+        raise InvalidInput(f"{name} must contain only numbers, got booleans")
+    if data.array.ndim != 1 + len(spec.shape):
+        shape = "[" + ", ".join(map(str, data.array.shape)) + "]"
+        raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
+    return data.array
+
+
+def _from_lists(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     expected = _expected(spec)
     shape_error = InvalidInput(
         f"{name} must be nested lists of shape {expected} for model '{model}'"
@@ -70,25 +104,13 @@ def to_batch(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
         kinds = ", ".join(sorted(_TYPE_NAMES.get(t, t.__name__) for t in wrong))
         raise InvalidInput(f"{name} must contain only numbers, got {kinds}")
     try:
-        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
-            batch = np.array(data, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused by the caller
+            return np.array(data, dtype=np.float32)
     except ValueError:
         raise InvalidInput(
             f"{name} is ragged: rows must all have the same length; "
             f"model '{model}' expects {expected}"
         ) from None
-    if tuple(batch.shape[1:]) != tuple(spec.shape):
-        shape = "[" + ", ".join(map(str, batch.shape)) + "]"
-        raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
-    if not np.isfinite(batch).all():
-        bad_row = int(np.argwhere(~np.isfinite(batch.reshape(len(batch), -1)))[0][0])
-        raise InvalidInput(
-            f"{name} row {bad_row} holds NaN, Infinity or a value beyond float32 range; "
-            "only finite numbers are allowed"
-        )
-    if spec.kind == "discrete":
-        _check_labels(name, batch, spec)
-    return batch
 
 
 def _is_regular(data: Any) -> bool:
@@ -132,7 +154,7 @@ def pair_inputs(
     missing = [n for n in required if given.get(n) is None]
     if missing:
         raise InvalidInput(f"model '{model}' needs {', '.join(missing)}; it takes {required}")
-    check_row_limit(model, max(_row_count(given[n]) for n in required), max_rows)
+    check_row_limit(model, max(row_count(given[n]) for n in required), max_rows)
     batches = {n: to_batch(n, given[n], manifest.spec(n), model) for n in required}
     counts = {n: len(b) for n, b in batches.items()}
     if len(set(counts.values())) > 1:
@@ -141,22 +163,31 @@ def pair_inputs(
     return batches
 
 
-def _row_count(data: Any) -> int:
+def row_count(data: Any) -> int:
+    """Rows of a request tensor (0 when it is not a list), before any conversion."""
+    if isinstance(data, ParsedTensor):
+        return data.rows
     return len(data) if isinstance(data, list) else 0
 
 
 def to_mask(name: str, data: Any, spec: TensorSpec, model: str) -> np.ndarray:
     """``data`` as a boolean array ``[N, *spec.shape]`` (true/false only, no numbers)."""
     expected = _expected(spec)
-    try:
-        leaves = _leaf_types(data, 1 + len(spec.shape))
-    except TypeError:
-        leaves = {list}
-    if leaves != {bool}:
-        raise InvalidInput(
-            f"{name} must be nested lists of true/false of shape {expected} for model '{model}'"
-        )
-    mask = np.array(data, dtype=bool)
+    refusal = InvalidInput(
+        f"{name} must be nested lists of true/false of shape {expected} for model '{model}'"
+    )
+    if isinstance(data, ParsedTensor):
+        if data.array is None or data.array.dtype != np.bool_:
+            raise refusal
+        mask = data.array
+    else:
+        try:
+            leaves = _leaf_types(data, 1 + len(spec.shape))
+        except TypeError:
+            leaves = {list}
+        if leaves != {bool}:
+            raise refusal
+        mask = np.array(data, dtype=bool)
     if tuple(mask.shape[1:]) != tuple(spec.shape):
         shape = "[" + ", ".join(map(str, mask.shape)) + "]"
         raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")

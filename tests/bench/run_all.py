@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_energy, bench_predict, bench_queue, bench_reply_path
+from tests.bench import (
+    bench_energy,
+    bench_large_body,
+    bench_predict,
+    bench_queue,
+    bench_reply_path,
+)
 
 
 def main() -> int:
@@ -12,6 +18,7 @@ def main() -> int:
         ("predict", bench_predict),
         ("queue", bench_queue),
         ("reply path", bench_reply_path),
+        ("large body", bench_large_body),
     )
     for name, bench in benches:
         print(f"== {name}")
