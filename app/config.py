@@ -104,6 +104,19 @@ class Settings(BaseSettings):
         description="Largest N x starts x steps one /predict, /sample or free-energy request "
         "may ask for (413 beyond).",
     )
+    max_search_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest compute one /predict, /sample or free-energy request may need, "
+        "estimated from its evaluations and the model's cost per row measured at load "
+        "(413 beyond).",
+    )
+    max_response_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest response a request may ask for, estimated before computing it "
+        "(413 beyond); also bounds the trajectories a search keeps meanwhile.",
+    )
     inline_below_ms: float = Field(
         0.5,
         ge=0,

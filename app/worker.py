@@ -45,6 +45,7 @@ from app.dispatch.engine import Engine
 from app.dispatch.queue import (
     GROUP,
     REPLY_LUA,
+    ROW_SECONDS_FIELD,
     BlockingReader,
     Keys,
     Script,
@@ -379,6 +380,12 @@ class Worker:
             k: str(round(v, 3) if isinstance(v, float) else v) for k, v in self.stats().items()
         }
         info |= {"models": ",".join(sorted(self.registry.models)), "device": self._devices()}
+        info |= {
+            f"{ROW_SECONDS_FIELD}{model.name}/{model.version}": repr(model.row_seconds)
+            for versions in self.registry.models.values()
+            for model in versions.values()
+            if model.row_seconds is not None
+        }
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers, {self.id: now_ms})
             pipe.zremrangebyscore(self.keys.workers, "-inf", now_ms - ttl_ms)

@@ -58,7 +58,7 @@ async def free_energy(
     response: dict[str, Any] = {"model": manifest.name, "version": manifest.version}
     if body.free_energy == "min" and manifest.z.kind == "continuous":
         params = resolve(manifest, {"method": "gd", "k": 1, "seed": seed})
-        check_cost(manifest, rows, params.num_starts, params.steps, settings)
+        check_cost(manifest, rows, params.num_starts, params.steps, settings, dispatcher)
         y = inputs["y"].reshape(rows, -1)
         job = SearchJob(
             x=inputs.get("x"),
@@ -79,7 +79,7 @@ async def free_energy(
         return response
     count = body.num_samples or manifest.inference.num_samples
     latents = latent_values(manifest, count, seed)
-    check_cost(manifest, rows, len(latents), 1, settings)
+    check_cost(manifest, rows, len(latents), 1, settings, dispatcher)
     pairs = ScoreJob(pair_with_latents(inputs, latents))
     env = Envelope(manifest.name, manifest.version, "score", pairs, deadline)
     scored = await submit_as(dispatcher, env, EnergyOutput)

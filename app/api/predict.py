@@ -12,7 +12,7 @@ from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
-from app.api.search import check_cost, search_inputs
+from app.api.search import check_cost, check_predict_size, search_inputs
 from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
 from app.inference.params import resolve
@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRo
     response_model=PredictResponse,
     responses=ERRORS,
     summary="Several distinct low-energy predictions per x, by energy minimisation.",
+    operation_id="predict",
 )
 async def predict(
     request: Request,
@@ -41,7 +42,8 @@ async def predict(
     params = resolve(manifest, body.model_dump(exclude={"x", "y_known", "y_mask", "version"}))
     check_predict(manifest, body, params.method)
     given = search_inputs(manifest, body)
-    check_cost(manifest, given.rows, params.num_starts, params.steps, settings)
+    check_cost(manifest, given.rows, params.num_starts, params.steps, settings, dispatcher)
+    check_predict_size(manifest, given.rows, params, settings)
     job = SearchJob(
         x=given.x, rows_x=given.rows, params=params, y_known=given.y_known, y_mask=given.y_mask
     )

@@ -13,7 +13,7 @@ from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
-from app.api.search import check_cost, search_inputs
+from app.api.search import check_cost, check_sample_size, search_inputs
 from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
 from app.errors import InvalidInput
@@ -29,6 +29,10 @@ router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRo
     response_model=SampleResponse,
     responses=ERRORS,
     summary="Diverse samples per x: prior latents decoded, or Langevin chains on y.",
+    description="n samples per x. Conditional models (x among the inputs of GET "
+    "/v1/models/{name}, e.g. car) require x; unconditional ones (e.g. mixture) refuse it. "
+    "A discrete y has no samples: use /predict with method enumerate.",
+    operation_id="sample",
 )
 async def sample(
     request: Request,
@@ -72,7 +76,8 @@ async def sample(
     )
     check_sample(manifest, body, job.uses_chains)
     steps = params.chain_steps if job.uses_chains else 1
-    check_cost(manifest, given.rows, job.rows // given.rows, steps, settings)
+    check_cost(manifest, given.rows, job.rows // given.rows, steps, settings, dispatcher)
+    check_sample_size(manifest, given.rows, params, job.uses_chains, settings)
     deadline = request_deadline(settings, body.deadline_ms)
     env = Envelope(manifest.name, manifest.version, "sample", job, deadline)
     outcome = await unless_disconnected(request, submit_as(dispatcher, env, SampleOutcome))

@@ -106,6 +106,10 @@ def _from_lists(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     try:
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused by the caller
             return np.array(data, dtype=np.float32)
+    except OverflowError:  # an integer beyond any float (JSON parsers make it a float)
+        raise InvalidInput(
+            f"{name} holds a value beyond float32 range; only finite numbers are allowed"
+        ) from None
     except ValueError:
         raise InvalidInput(
             f"{name} is ragged: rows must all have the same length; "

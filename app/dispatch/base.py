@@ -26,6 +26,11 @@ class Dispatcher(Protocol):
         """What serves a version here: ``backend``, ``parity``, ``rows_independent``."""
         ...
 
+    def row_seconds(self, name: str, version: int) -> float | None:
+        """Seconds per row of an energy-and-gradient call where the version computes,
+        measured at load; None while unknown (queue mode before a worker reported)."""
+        ...
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether new work can be taken, and the details (/readyz)."""
         ...

@@ -24,6 +24,9 @@ class LocalDispatcher:
             "rows_independent": model.rows_independent,
         }
 
+    def row_seconds(self, name: str, version: int) -> float | None:
+        return self.engine.registry.get(name, version).row_seconds
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         if self._closed:
             return False, {"mode": "embedded", "dispatcher": "shutting down"}

@@ -81,6 +81,11 @@ class Script:
         self._pool.close()
 
 
+# A worker's heartbeat hash holds, per model version it serves, the seconds per row it
+# measured at load: ``row_seconds:<name>/<version>``. The API admits searches with them.
+ROW_SECONDS_FIELD = "row_seconds:"
+
+
 class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

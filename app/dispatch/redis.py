@@ -33,6 +33,7 @@ from app.config import Settings
 from app.dispatch.drain import DrainRate
 from app.dispatch.queue import (
     ENQUEUE_LUA,
+    ROW_SECONDS_FIELD,
     BlockingReader,
     Keys,
     Script,
@@ -77,12 +78,14 @@ class RedisDispatcher:
         self._preparing = asyncio.Lock()
         self._closed = False
         self.duplicates = 0
+        self._row_seconds: dict[str, float] = {}  # "name/version" -> seconds per row
 
     # --- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Start reading replies. Redis may be down now: the loops retry until it is up."""
         with contextlib.suppress(RedisError, OSError):
             await self._prepare()
+            await self._refresh_row_seconds()
         self._tasks = [
             asyncio.create_task(self._read_replies(), name="ebm-replies"),
             asyncio.create_task(self._heartbeat(), name="ebm-api-heartbeat"),
@@ -271,10 +274,37 @@ class RedisDispatcher:
                 continue
             with contextlib.suppress(RedisError, OSError):
                 await self._prepare()
+                await self._refresh_row_seconds()
+
+    async def _refresh_row_seconds(self) -> None:
+        """The slowest live worker's measured cost per model version: a job may land on
+        any of them."""
+        redis_ms = (time.time() + self._offset) * 1000
+        live = await self._client.zrangebyscore(
+            self.keys.workers, redis_ms - 3 * self._settings.heartbeat_ms, "+inf"
+        )
+        async with self._client.pipeline(transaction=False) as pipe:
+            for worker_id in live:
+                pipe.hgetall(self.keys.worker(text(worker_id)))
+            infos = await pipe.execute()
+        self._learn_row_seconds(infos)
+
+    def _learn_row_seconds(self, infos: list[dict[bytes, bytes]]) -> None:
+        costs: dict[str, float] = {}
+        for info in infos:
+            for key, value in info.items():
+                field = text(key)
+                if field.startswith(ROW_SECONDS_FIELD):
+                    version = field.removeprefix(ROW_SECONDS_FIELD)
+                    costs[version] = max(costs.get(version, 0.0), float(text(value)))
+        self._row_seconds = costs
 
     # --- introspection ----------------------------------------------------------------
     def describe(self, name: str, version: int) -> dict[str, Any]:
         return {"backend": None, "parity": None, "rows_independent": None}
+
+    def row_seconds(self, name: str, version: int) -> float | None:
+        return self._row_seconds.get(f"{name}/{version}")
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Redis reachability, live workers per model, backlog per model, each worker's
@@ -295,6 +325,7 @@ class RedisDispatcher:
                 for worker_id in live_ids:
                     pipe.hgetall(self.keys.worker(worker_id))
                 infos = await pipe.execute()
+            self._learn_row_seconds(infos)
         except (RedisError, OSError) as exc:
             detail |= {"redis": f"unreachable: {type(exc).__name__}", "workers": {}}
             return False, detail

@@ -26,6 +26,7 @@ from app.errors import (
     shown,
 )
 from app.registry.backends.base import EnergyBackend
+from app.registry.cost import seconds_per_row
 from app.registry.hashing import sha256_of
 from app.registry.manifest import MANIFEST_FILE, NAME_PATTERN, Artifact, Manifest, read_manifest
 from app.registry.parity import check_agreement, check_probe, rows_independent
@@ -42,6 +43,8 @@ class LoadedModel:
     # A row's outputs do not depend on the batch around it: searches may coalesce seeded
     # requests and still replay them bit for bit (see parity.rows_independent).
     rows_independent: bool = False
+    # Seconds per row of an energy-and-gradient call, measured at load (admission).
+    row_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -220,6 +223,7 @@ def load_version(
     if manifest.probe is not None:
         model.parity[f"{wanted}_vs_probe"] = check_probe(backend, manifest, settings.parity_rtol)
         model.rows_independent = rows_independent(backend, manifest)
+        model.row_seconds = seconds_per_row(backend, manifest)
     # Asked to cross-check (always when publishing): the other backend, when it can run
     # here, must agree too. Off by default: it would import torch into a process serving
     # on onnxruntime, for ~400 MB the process then never gives back.
@@ -285,11 +289,12 @@ def load_registry(settings: Settings, only: frozenset[str] | None = None) -> Reg
     def load(directory: Path) -> LoadedModel:
         model = load_version(directory, settings)
         log.info(
-            "model %s version %d loaded on %s; parity %s",
+            "model %s version %d loaded on %s; parity %s; %s us per row-step",
             model.name,
             model.version,
             model.backend.name,
             {k: max(v.values()) for k, v in model.parity.items()},
+            f"{model.row_seconds * 1e6:.2f}" if model.row_seconds is not None else "unmeasured",
         )
         return model
 

@@ -193,3 +193,56 @@ def test_merging_many_modes_still_answers_before_the_deadline(server: Server) ->
     assert result["stats"]["partial"] is True
     assert len(result["predictions"]) == 10
     assert all(len(row) >= 1 for row in result["predictions"])
+
+
+SHAPE = [[0.1 * i, -0.1 * i] for i in range(16)]
+
+
+def test_a_search_is_bounded_by_its_measured_compute_time(server: Server) -> None:
+    """shapes /predict on its allowed 4,096 rows was admitted (within the evaluation
+    limit) and ran to the 30 s deadline; 60 rows took 6.9 s."""
+    started = time.monotonic()
+    response = post(server, "/v1/models/shapes/predict", {"x": [SHAPE] * 4096, "seed": 0})
+    assert response.status_code == 413, response.text
+    assert time.monotonic() - started < 5  # refused before any compute
+    message = response.json()["error"]["message"]
+    assert "would compute for about" in message
+    assert "us each (model 'shapes', measured when it loaded)" in message
+    assert "the limit is 10 s" in message
+    # the same search on a few rows is admitted
+    assert post(server, "/v1/models/shapes/predict", {"x": [SHAPE], "seed": 0}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "says"),
+    [
+        # answered 200 after 10.5 s with a 32 MB body and left the process at 1.8 GB
+        (
+            "/v1/models/spiral/sample",
+            {"n": 27022, "thin": 13, "step_size": 46889.9, "return_trajectory": True},
+            "the response would hold 5,539,510 numbers (1 rows x 27022 samples, 27022 chains",
+        ),
+        # every start's path is kept while searching, though only k leave
+        (
+            "/v1/models/car/predict",
+            {
+                "x": [[0.0, 20.0, 9.0]] * 60,
+                "num_starts": 4096,
+                "steps": 20,
+                "k": 1,
+                "return_trajectory": True,
+            },
+            "return_trajectory would keep every candidate's path, 10,321,920 numbers",
+        ),
+    ],
+)
+def test_a_response_or_trajectory_over_the_size_limit_is_refused_before_compute(
+    server: Server, path: str, body: dict[str, Any], says: str
+) -> None:
+    started = time.monotonic()
+    response = post(server, path, body)
+    assert response.status_code == 413, response.text
+    assert time.monotonic() - started < 5
+    message = response.json()["error"]["message"]
+    assert says in message
+    assert "EBM_MAX_RESPONSE_BYTES" in message

@@ -3,6 +3,7 @@ same backend): one compute engine behind both transports."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -105,3 +106,21 @@ def test_readyz_reports_redis_workers_and_backlog(stack: QueueStack) -> None:
     assert worker["device"] == "onnx:cpu"
     for counter in ("jobs", "batches", "rows", "queue_wait_ms", "compute_ms"):
         assert counter in worker
+
+
+def test_queue_mode_bounds_a_search_by_the_workers_measured_cost(stack: QueueStack) -> None:
+    """Workers publish the cost per row they measured at load; the API refuses a search
+    whose compute that cost puts past EBM_MAX_SEARCH_SECONDS, before enqueueing it."""
+    shape = [[0.1 * i, -0.1 * i] for i in range(16)]
+    body = {"x": [shape] * 4096, "seed": 0}
+    deadline = time.monotonic() + 10
+    # The API reads the workers' figures on its heartbeat and on /readyz.
+    while not any(
+        "row_seconds:shapes/1" in worker
+        for worker in readiness(stack.api)["detail"]["live_workers"]
+    ):
+        assert time.monotonic() < deadline, "no worker published its cost"
+        time.sleep(0.2)
+    response = httpx.post(f"{stack.api.url}/v1/models/shapes/predict", json=body, timeout=60)
+    assert response.status_code == 413, response.text[:300]
+    assert "(model 'shapes', measured when it loaded)" in response.json()["error"]["message"]
