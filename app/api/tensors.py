@@ -120,7 +120,7 @@ def _from_lists(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
 def _is_regular(data: Any) -> bool:
     try:
         np.array(data, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return False
     return True
 

@@ -40,11 +40,17 @@ def pair_with_latents(inputs: dict[str, Array], latents: Array) -> dict[str, Arr
 
 
 def marginal(energy: Array, beta: float) -> Array:
-    """F_beta per row of ``energy [N, M]``, in float64 so large beta does not overflow."""
-    scaled = -beta * np.asarray(energy, np.float64)
-    top = scaled.max(axis=1, keepdims=True)
-    log_mean = top[:, 0] + np.log(np.exp(scaled - top).mean(axis=1))
-    result: Array = (-log_mean / beta).astype(np.float32)
+    """F_beta per row of ``energy [N, M]``, in float64.
+
+    Shifted by the row minimum, so a large beta cannot overflow, and written with expm1 and
+    log1p, so a small beta keeps its precision: F = low - log1p(mean(expm1(-beta (E - low))))
+    / beta tends to the mean as beta -> 0, where exp() and log() would round every term to
+    1 and lose the answer (beta 1e-16 gave the minimum instead of the mean).
+    """
+    e = np.asarray(energy, np.float64)
+    low = e.min(axis=1, keepdims=True)
+    mean = np.expm1(-beta * (e - low)).mean(axis=1)
+    result: Array = (low[:, 0] - np.log1p(mean) / beta).astype(np.float32)
     return result
 
 
