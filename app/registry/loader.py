@@ -28,7 +28,14 @@ from app.errors import (
 from app.registry.backends.base import EnergyBackend
 from app.registry.cost import seconds_per_row
 from app.registry.hashing import sha256_of
-from app.registry.manifest import MANIFEST_FILE, NAME_PATTERN, Artifact, Manifest, read_manifest
+from app.registry.manifest import (
+    MANIFEST_FILE,
+    NAME_PATTERN,
+    VERSION_PATTERN,
+    Artifact,
+    Manifest,
+    read_manifest,
+)
 from app.registry.parity import check_agreement, check_probe, rows_independent
 
 log = logging.getLogger("ebm.registry")
@@ -248,15 +255,25 @@ def _version_dirs(settings: Settings, only: frozenset[str] | None) -> Iterator[P
         if not re.match(NAME_PATTERN, model_dir.name):
             if not model_dir.name.startswith((".", "__")):  # hidden and cache folders: quiet
                 log.warning(
-                    "skipping folder %s: not a model name (%s)", model_dir.name, NAME_PATTERN
+                    "skipping folder %s: not a model name (%s)", shown(model_dir.name), NAME_PATTERN
                 )
             continue
         if only is not None and model_dir.name not in only:
             continue
-        version_dirs = sorted(
-            (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-            key=lambda p: int(p.name),
-        )
+        version_dirs = []
+        for folder in model_dir.iterdir():
+            if not folder.is_dir():
+                continue
+            if re.fullmatch(VERSION_PATTERN, folder.name):
+                version_dirs.append(folder)
+            elif not folder.name.startswith((".", "__")):
+                log.warning(
+                    "skipping folder %s/%s: not a version number (%s)",
+                    model_dir.name,
+                    shown(folder.name),
+                    VERSION_PATTERN,
+                )
+        version_dirs.sort(key=lambda p: int(p.name))
         if not version_dirs and (model_dir / "train.py").is_file():
             yield model_dir.name
         yield from version_dirs
@@ -278,6 +295,11 @@ def _collect(
         except EBMError as exc:
             registry.unavailable.append(Unavailable(name, version, exc.message))
             log.error("model %s version %d unavailable: %s", name, version, exc.message)
+            continue
+        except Exception as exc:  # a runtime refusing an artifact: only this version fails
+            reason = f"failed to load: {type(exc).__name__}: {shown(str(exc).strip(), 300)}"
+            registry.unavailable.append(Unavailable(name, version, reason))
+            log.exception("model %s version %d unavailable", name, version)
             continue
         registry.models.setdefault(name, {})[version] = entry
     return registry

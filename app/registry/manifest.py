@@ -18,6 +18,8 @@ from app.errors import ManifestError
 
 MANIFEST_FILE = "manifest.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# A version folder: a plain positive number, ASCII digits, no leading zero.
+VERSION_PATTERN = r"[1-9][0-9]{0,8}"
 
 
 class _Strict(BaseModel):
@@ -70,7 +72,10 @@ class TensorSpec(_Strict):
 
 
 class Artifact(_Strict):
-    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="File name beside the manifest.")
+    # No separator and no leading dot: an artifact cannot name anything outside its folder.
+    file: str = Field(
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$", description="File name beside the manifest."
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
