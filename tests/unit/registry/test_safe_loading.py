@@ -61,9 +61,7 @@ def test_a_manifest_whose_shapes_do_not_fit_the_artifact(repo: Path) -> None:
         m["probe"]["grads"]["y"] = [[*row, 0.0] for row in m["probe"]["grads"]["y"]]
 
     _edit_manifest(repo / "quad" / "1", widen)
-    _only_version_1_unavailable(
-        repo, "failed to load: InvalidArgument", backend=BackendChoice.ONNX
-    )
+    _only_version_1_unavailable(repo, "failed to load: InvalidArgument", backend=BackendChoice.ONNX)
 
 
 def test_an_artifact_name_cannot_leave_the_version_folder(repo: Path) -> None:
