@@ -33,9 +33,10 @@ RUN if ! python3 -c 'import ensurepip, sys; sys.exit(sys.version_info < (3, 11))
     && python3 -m venv /opt/venv
 
 WORKDIR /srv/app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY app ./app
-RUN pip install . \
+# The versions `make` installs everywhere else (constraints.txt); only what serving needs.
+RUN pip install -c constraints.txt . \
     && if [ "$ONNXRUNTIME" != onnxruntime ]; then \
         pip uninstall -y onnxruntime && pip install "$ONNXRUNTIME"; \
     fi

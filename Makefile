@@ -5,21 +5,35 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench soak lint format train system-deps clean
+.PHONY: serve test bench soak lint format train lock system-deps clean
 
+# Every install takes its versions from constraints.txt (`make lock` writes it), so every
+# fresh machine gets the same ones.
 # The serving install (no torch): enough for `ebm serve` on the shipped ONNX artifacts.
-$(VENV)/.serve-installed: pyproject.toml
+$(VENV)/.serve-installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@
 
 # Everything: training recipes, the torch backend, test and lint tools.
-$(VENV)/.dev-installed: pyproject.toml
+$(VENV)/.dev-installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]'
 	touch $(VENV)/.serve-installed $@
+
+# Re-resolve every dependency (all extras) in a scratch venv and pin what it got. torch's
+# local wheel reports 2.13.0+cpu: pinned as the exact torch==2.13.0 the rules ask for.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q '.[train,dev]'
+	( echo "# Pinned versions of every dependency, all extras: \`make lock\` writes this file."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^ebm-serve' \
+	  | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' ) > constraints.txt
+	rm -rf $(LOCK_VENV) build
 
 # Services the tests start themselves (never the shared Redis on 6379).
 system-deps:

@@ -15,21 +15,15 @@ from app.config import Settings, get_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.main import create_app
+    from app.server import serve
 
     settings = get_settings()
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    from app.http_protocol import http_protocol
-
-    uvicorn.run(
+    serve(
         create_app(settings),
+        settings,
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
-        loop=loop,
-        http=http_protocol(),
-        log_level=settings.log_level,
         access_log=args.access_log,
     )
     return 0

@@ -137,6 +137,17 @@ class Settings(BaseSettings):
     parity_rtol: float = Field(
         1e-4, gt=0, description="Relative tolerance of the load-time parity probe."
     )
+    admin_key: str | None = Field(
+        None,
+        description="Bearer key of the admin endpoints (POST /v1/admin/reload); unset "
+        "disables them (SIGHUP still reloads).",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests may take to finish while new "
+        "ones get 503, before the process exits.",
+    )
     api_keys: str | None = Field(
         None, description="Comma-separated accepted API keys; unset disables authentication."
     )

@@ -33,6 +33,11 @@ class Unauthorized(EBMError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(EBMError):
+    status_code = 403
+    error_type = "forbidden"
+
+
 class ModelNotFound(EBMError):
     status_code = 404
     error_type = "model_not_found"

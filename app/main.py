@@ -11,18 +11,16 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import energy, health, models, predict, sample
+from app.api import admin, energy, health, models, predict, sample
 from app.api.body import BodyParser
 from app.api.deps import require_api_key
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.responses import error_response
 from app.config import Settings, get_settings
-from app.dispatch.base import Dispatcher
-from app.dispatch.engine import Engine
-from app.dispatch.local import LocalDispatcher
 from app.errors import PayloadTooLarge
+from app.lifecycle import DrainGate, Lifecycle, open_dispatcher
 from app.logs import configure_logging
-from app.registry.loader import Catalog, catalog_of, load_catalog, load_registry
 
 log = logging.getLogger("ebm.app")
 
@@ -62,25 +60,10 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-async def _open_dispatcher(settings: Settings) -> tuple[Catalog, Dispatcher]:
-    """Queue mode (EBM_REDIS_URL set): manifests only, jobs go to Redis; no backend, no
-    torch, no parity probe in this process. Embedded: load every model and run the engine
-    here (loading runs parity probes: off the event loop)."""
-    if settings.redis_url:
-        from app.dispatch.redis import RedisDispatcher
-
-        catalog = await asyncio.to_thread(load_catalog, settings)
-        redis_dispatcher = RedisDispatcher(settings, catalog)
-        await redis_dispatcher.start()
-        return catalog, redis_dispatcher
-    registry = await asyncio.to_thread(load_registry, settings)
-    return catalog_of(registry), LocalDispatcher(Engine(registry, settings))
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    catalog, dispatcher = await _open_dispatcher(settings)
+    catalog, dispatcher = await open_dispatcher(settings)
     app.state.catalog, app.state.dispatcher = catalog, dispatcher
     app.state.body_parser = BodyParser(processes=1)
     app.state.body_parser.start()
@@ -100,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.body_parser.close()
+        await asyncio.gather(*app.state.lifecycle.retiring, return_exceptions=True)
         await app.state.dispatcher.close()
 
 
@@ -111,9 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Serve trained energy-based models: score pairs, minimise energy, sample.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.api_keys = settings.api_key_set()
+    app.state.lifecycle = Lifecycle()
     install_error_handlers(app)
     app.include_router(health.router)
     # The dependency is only attached when keys are configured: no cost otherwise.
@@ -122,5 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(energy.router, dependencies=guarded)
     app.include_router(predict.router, dependencies=guarded)
     app.include_router(sample.router, dependencies=guarded)
+    app.include_router(admin.router)  # guarded by its own key, EBM_ADMIN_KEY
+    install_docs(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DrainGate, lifecycle=app.state.lifecycle)  # outermost: counts all
     return app

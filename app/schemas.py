@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, WithJsonSchema
-from pydantic_core import PydanticKnownError, core_schema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError, PydanticKnownError, core_schema
 
 from app.api.body import ParsedTensor
-
-NestedList = list[Any]
+from app.registry.manifest import Batching, Card, InferenceDefaults, TensorSpec, Training
 
 
 def _nested(leaf: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -45,6 +51,36 @@ def _list_or_parsed(value: Any) -> Any:
 # app.api.tensors checks the shape against the model.
 Tensor = Annotated[Any, _ListOrParsed(), WithJsonSchema(_nested({"type": "number"}, 3))]
 Mask = Annotated[Any, _ListOrParsed(), WithJsonSchema(_nested({"type": "boolean"}, 3))]
+
+# Response tensors (finite numbers: a result that is not finite is refused, never sent):
+# a batch [N, *shape], one row [*shape] (rank 1 to 3, as requests take), a path of rows.
+_ROW: dict[str, Any] = _nested({"type": "number"}, 3)["items"]
+BatchOut = Annotated[list[Any], WithJsonSchema(_nested({"type": "number"}, 3))]
+RowOut = Annotated[list[Any], WithJsonSchema(_ROW)]
+PathOut = Annotated[list[Any], WithJsonSchema({"type": "array", "items": _ROW})]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's "integer" counts 1.0 as an integer, so an integer field takes it (as 1);
+    1.5 is refused. Booleans stay refused (strict mode): true is not 1."""
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise PydanticCustomError(
+            "int_from_float", "Input should be a whole number, got {value}", {"value": value}
+        )
+    return value
+
+
+# An integer field: JSON integers and whole-number floats such as 1.0 or 1e3, exactly the
+# values the schema's "integer" admits.
+Integer = Annotated[int, BeforeValidator(_whole_number)]
+# The optional form (the validator outside the union, so that Field bounds stay "minimum"
+# and "maximum" of the integer in the schema).
+IntegerOrNone = Annotated[int | None, BeforeValidator(_whole_number)]
+
+# Seeds are 63-bit; the schema states the bound as this exact integer (inclusive).
+MAX_SEED = 2**63 - 1
 
 
 class ErrorBody(BaseModel):
@@ -78,7 +114,7 @@ class EnergyRequest(BaseModel):
     y: Tensor = Field(description="Answers to score [N, *y_shape], paired row by row with x.")
     z: Tensor | None = Field(None, description="Latent values [N, *z_shape], latent models.")
     grad: bool = Field(False, description="Also return dE/dy (and dE/dz for latent models).")
-    version: int | None = Field(None, ge=1, description="Model version; default the newest.")
+    version: IntegerOrNone = Field(None, ge=1, description="Model version; default the newest.")
     deadline_ms: float | None = Field(
         None, gt=0, le=600_000, description="Give up (504) after this long; default server's."
     )
@@ -92,11 +128,11 @@ class EnergyRequest(BaseModel):
     beta: float | None = Field(
         None, gt=0, le=1e6, description="Inverse temperature of the marginal; default the model's."
     )
-    num_samples: int | None = Field(
+    num_samples: IntegerOrNone = Field(
         None, ge=1, le=100_000, description="Prior samples of a continuous z for the marginal."
     )
-    seed: int | None = Field(
-        None, ge=0, lt=2**63, description="Seeds prior samples and descent starts."
+    seed: IntegerOrNone = Field(
+        None, ge=0, le=MAX_SEED, description="Seeds prior samples and descent starts."
     )
 
 
@@ -104,9 +140,19 @@ class EnergyResponse(BaseModel):
     model: str
     version: int
     energy: list[float] = Field(description="E(x, y) per row [N], or F(x, y) with free_energy.")
-    grad_y: NestedList | None = Field(None, description="dE/dy [N, *y_shape], with grad.")
-    grad_z: NestedList | None = Field(None, description="dE/dz [N, *z_shape], with grad.")
-    z: list[Any] | None = Field(None, description="With free_energy=min: the arg-min z per row.")
+    grad_y: BatchOut | None = Field(None, description="dE/dy [N, *y_shape], with grad.")
+    grad_z: BatchOut | None = Field(None, description="dE/dz [N, *z_shape], with grad.")
+    z: list[int | RowOut] | None = Field(
+        None,
+        description="With free_energy=min: the arg-min z per row (a label for a discrete z).",
+    )
+    beta: float | None = Field(None, description="With free_energy=marginal: the beta used.")
+    num_samples: int | None = Field(
+        None, description="With free_energy=marginal: the z values averaged over."
+    )
+    stats: dict[str, Any] | None = Field(
+        None, description="With free_energy=min over a continuous z: the descent's stats."
+    )
 
 
 class SearchFields(BaseModel):
@@ -115,7 +161,10 @@ class SearchFields(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     x: Tensor | None = Field(
-        None, description="Observations [N, *x_shape]; omit for unconditional models."
+        None,
+        description="Observations [N, *x_shape], one answer set per row: required by "
+        "conditional models (GET /v1/models/{name} lists x in its inputs; e.g. car), refused "
+        "by unconditional ones (e.g. mixture).",
     )
     y_known: Tensor | None = Field(
         None,
@@ -125,10 +174,10 @@ class SearchFields(BaseModel):
     y_mask: Mask | None = Field(
         None, description="Booleans [N, *y_shape]: true where y_known is observed (clamped)."
     )
-    seed: int | None = Field(
+    seed: IntegerOrNone = Field(
         None,
         ge=0,
-        lt=2**63,
+        le=MAX_SEED,
         description="Seeds every random draw: the same seed gives the same answer. "
         "Default: a fresh seed, returned in stats.",
     )
@@ -139,7 +188,7 @@ class SearchFields(BaseModel):
         description="Stop by then and return the best found so far, marked partial (504 if "
         "nothing could start). Default: the server's request timeout.",
     )
-    version: int | None = Field(None, ge=1, description="Model version; default the newest.")
+    version: IntegerOrNone = Field(None, ge=1, description="Model version; default the newest.")
 
 
 class PredictRequest(SearchFields):
@@ -154,14 +203,14 @@ class PredictRequest(SearchFields):
         },
     )
 
-    k: int | None = Field(None, ge=1, le=1000, description="Predictions per x, at most.")
+    k: IntegerOrNone = Field(None, ge=1, le=1000, description="Predictions per x, at most.")
     method: Literal["auto", "gd", "langevin", "dfo", "enumerate"] | None = Field(
         None, description="Optimiser; auto = what the model's manifest says suits it."
     )
-    num_starts: int | None = Field(
+    num_starts: IntegerOrNone = Field(
         None, ge=1, le=65_536, description="Candidates per x (starts; dfo: population)."
     )
-    steps: int | None = Field(
+    steps: IntegerOrNone = Field(
         None, ge=0, le=100_000, description="Iterations (dfo: resampling rounds)."
     )
     step_size: float | None = Field(
@@ -183,14 +232,18 @@ class PredictRequest(SearchFields):
 
 
 class Prediction(BaseModel):
-    y: NestedList
+    y: RowOut = Field(description="The answer [*y_shape] (a discrete y: [label]).")
     energy: float
-    z: NestedList | int | None = Field(None, description="Latent of the prediction, if any.")
+    z: RowOut | int | None = Field(
+        None, description="Latent of the prediction [*z_shape] (a discrete z: its label)."
+    )
     mass: float = Field(description="Share of softmax(-E/T) of the candidates merged into it.")
     converged: bool | None = Field(
         None, description="Gradient norm below tol at the end (null for gradient-free methods)."
     )
-    trajectory: list[NestedList] | None = None
+    trajectory: PathOut | None = Field(
+        None, description="With return_trajectory: y at each step [steps, *y_shape]."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -201,39 +254,47 @@ class PredictResponse(BaseModel):
 
 
 class SampleRequest(SearchFields):
+    """n samples per x. A conditional model (car, shapes, digits-inpaint) needs x; an
+    unconditional one (mixture, ellipse, spiral) takes none."""
+
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         json_schema_extra={
             "examples": [
-                {"n": 8, "seed": 0},
+                # conditional models need x (this one is car's); unconditional ones omit it
                 {"x": [[0.2, 20.0, 10.0]], "n": 16, "steps": 200, "seed": 0},
+                {"n": 8, "seed": 0},
             ]
         },
     )
 
-    n: int = Field(16, ge=1, le=100_000, description="Samples per x.")
+    n: Integer = Field(16, ge=1, le=100_000, description="Samples per x.")
     temperature: float = Field(
         1.0, gt=0, le=1e6, description="Samples follow exp(-E/T); scales a normal prior's variance."
     )
-    steps: int | None = Field(
+    steps: IntegerOrNone = Field(
         None, ge=0, le=100_000, description="Langevin: burn-in steps (default: the model's)."
     )
     step_size: float | None = Field(
         None, gt=0, le=1e6, description="Langevin step (default: the model's langevin step)."
     )
-    chains: int | None = Field(
+    chains: IntegerOrNone = Field(
         None, ge=1, le=100_000, description="Langevin chains per x; default n (one state each)."
     )
-    thin: int = Field(1, ge=1, le=10_000, description="Langevin: steps between kept states.")
+    thin: Integer = Field(1, ge=1, le=10_000, description="Langevin: steps between kept states.")
     return_trajectory: bool = Field(False, description="Langevin: each chain's path.")
 
 
 class Sample(BaseModel):
-    y: NestedList
+    y: RowOut = Field(description="The sample [*y_shape].")
     energy: float
-    z: NestedList | int | None = None
-    trajectory: list[NestedList] | None = None
+    z: RowOut | int | None = Field(
+        None, description="Its latent [*z_shape] (a discrete z: its label), latent models."
+    )
+    trajectory: PathOut | None = Field(
+        None, description="With return_trajectory: the chain's kept states [T, *y_shape]."
+    )
 
 
 class SampleResponse(BaseModel):
@@ -243,16 +304,71 @@ class SampleResponse(BaseModel):
     stats: dict[str, Any]
 
 
+class UnavailableVersion(BaseModel):
+    version: int
+    reason: str = Field(description="The load check it failed.")
+
+
 class ModelSummary(BaseModel):
     name: str
     available: bool
     versions: list[int] = Field(description="Versions that serve.")
     latest: int | None
-    unavailable: list[dict[str, Any]] = Field(
+    unavailable: list[UnavailableVersion] = Field(
         description="Versions that failed a load check, with the reason."
     )
     backend: str | None
     task: str | None
+
+
+class EffectiveSettings(BaseModel):
+    """What a method runs with when a request sets none of these."""
+
+    num_starts: int
+    steps: int
+    step_size: float
+    noise_scale: float
+    temperature: float
+
+
+class ModelInference(InferenceDefaults):
+    """The manifest's inference defaults, the method auto picks, and each usable method's
+    effective settings."""
+
+    default_method: str
+    effective: dict[str, EffectiveSettings]
+
+
+class ModelBatching(Batching):
+    """The manifest's batching limits and those in force (EBM_MAX_BATCH_SIZE and
+    EBM_MAX_DELAY_MS override the manifest)."""
+
+    effective_max_batch_size: int
+    effective_max_delay_ms: float
+
+
+class ModelDetail(ModelSummary):
+    """GET /v1/models/{name}: one version's specs, defaults, limits, card and provenance."""
+
+    version: int = Field(description="The version described (?version=N, default the newest).")
+    description: str
+    inputs: list[str] = Field(description="The energy's inputs, in order: x (if any), y, z?.")
+    x: TensorSpec | None = Field(description="Observation spec; null for unconditional models.")
+    y: TensorSpec
+    z: TensorSpec | None = Field(description="Latent spec; null without a latent.")
+    inference: ModelInference
+    batching: ModelBatching
+    card: Card
+    metrics: dict[str, float | int | str] = Field(description="Measured held-out quality.")
+    training: Training
+    parity: dict[str, dict[str, float]] | None = Field(
+        None, description="Load-time agreement of the backend with the probe (embedded mode)."
+    )
+    rows_independent: bool | None = Field(
+        None,
+        description="Whether a row's result is independent of its batch here (embedded mode; "
+        "null in queue mode, where workers load the artifacts).",
+    )
 
 
 class ModelList(BaseModel):
@@ -262,3 +378,20 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class UnavailableModel(BaseModel):
+    name: str
+    version: int
+    reason: str = Field(description="The load check it failed.")
+
+
+class ReloadResult(BaseModel):
+    """POST /v1/admin/reload: what serves after the reload."""
+
+    models: dict[str, list[int]] = Field(description="Versions that serve, per model.")
+    unavailable: list[UnavailableModel] = Field(description="Versions that failed a check.")
+    took_ms: float = Field(description="How long loading and swapping took.")
+    workers_notified: int | None = Field(
+        None, description="Queue mode: workers that were told to reload too."
+    )

@@ -44,6 +44,7 @@ from app.config import Settings
 from app.dispatch.engine import Engine
 from app.dispatch.queue import (
     GROUP,
+    RELOAD_COMMAND,
     REPLY_LUA,
     ROW_SECONDS_FIELD,
     BlockingReader,
@@ -90,6 +91,7 @@ class Worker:
         only = None
         if settings.worker_models:
             only = frozenset(m.strip() for m in settings.worker_models.split(",") if m.strip())
+        self._only = only
         self.registry = load_registry(settings, only)
         self.engine = Engine(self.registry, settings)
         self.streams = [self.keys.jobs(name) for name in sorted(self.registry.models)]
@@ -104,6 +106,8 @@ class Worker:
         self._owned: dict[str, set[bytes]] = {s: set() for s in self.streams}
         self._recent_cancels: OrderedDict[str, None] = OrderedDict()
         self._slot_freed = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # --- life cycle -------------------------------------------------------------------
     async def run(self) -> int:
@@ -113,6 +117,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         await self._connect()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -135,6 +140,7 @@ class Worker:
         with contextlib.suppress(RedisError, OSError):
             await self.client.zrem(self.keys.workers, self.id)
             await self.client.delete(self.keys.worker(self.id))
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.engine.close()
         self.reader.close()
         self._reply.close()
@@ -444,19 +450,59 @@ class Worker:
             self._take(stream, entry_id, fields)
 
     async def _cancel_loop(self) -> None:
+        """Cancel messages (job ids) and fleet commands, from one subscription."""
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.cancel)
+                await pubsub.subscribe(self.keys.cancel, self.keys.control)
                 while True:
                     message = await pubsub.get_message(timeout=READ_BLOCK_S)
-                    if message and message.get("type") == "message":
+                    if not message or message.get("type") != "message":
+                        continue
+                    if text(message["channel"]) == self.keys.cancel:
                         self._cancel(text(message["data"]))
+                    elif text(message["data"]) == RELOAD_COMMAND:
+                        self._reload_soon()
             except (RedisError, OSError):
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # --- reload -----------------------------------------------------------------------
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _reload(self) -> None:
+        """Load the models again beside the current ones and swap: jobs read from now on
+        compute on the new engine; the old one finishes its jobs, then stops."""
+        async with self._reloading:
+            registry = await asyncio.to_thread(load_registry, self.settings, self._only)
+            if not registry.models:
+                log.error("reload found no model to serve; keeping the current ones")
+                return
+            streams = [self.keys.jobs(name) for name in sorted(registry.models)]
+            for stream in streams:
+                self._owned.setdefault(stream, set())
+                with contextlib.suppress(RedisError, OSError):  # else _connect re-creates
+                    await ensure_group(self.client, stream)
+            old = self.engine
+            self.registry, self.engine, self.streams = (
+                registry,
+                Engine(registry, self.settings),
+                streams,
+            )
+            log.info(
+                "worker %s reloaded: serving %s; %d version(s) unavailable",
+                self.id,
+                ", ".join(sorted(registry.models)),
+                len(registry.unavailable),
+            )
+        # A handler reads self.engine and submits to it without an await in between: no job
+        # can reach the old engine after this point, and close() finishes those it has.
+        await old.close()
 
     def _cancel(self, job_id: str) -> None:
         task = self._jobs.get(job_id)

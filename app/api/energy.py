@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from app.api.applicable import check_energy
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.free_energy import free_energy
+from app.api.openapi import COMPUTE_ERRORS, errors
 from app.api.responses import json_response
 from app.api.routing import OrjsonRoute
 from app.api.tensors import pair_inputs, require_finite
@@ -16,22 +17,13 @@ from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
 from app.inference.scoring import ScoreJob
 from app.registry.backends.base import EnergyOutput
-from app.schemas import EnergyRequest, EnergyResponse, ErrorResponse
+from app.schemas import EnergyRequest, EnergyResponse
 
 router = APIRouter(prefix="/v1/models", tags=["scoring"], route_class=OrjsonRoute)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": what}
-    for code, what in {
-        400: "Body is not valid JSON.",
-        404: "Unknown model or version.",
-        413: "Too many rows, or a search beyond EBM_MAX_SEARCH_COST.",
-        422: "Wrong shape, dtype, NaN/Inf, missing or unknown field.",
-        429: "Queue full; retry after Retry-After seconds.",
-        503: "Model unavailable, queue unreachable, no workers, or server shutting down.",
-        504: "Deadline passed before the result was ready.",
-    }.items()
-}
+# The compute routes' errors, from the shared table (app.api.openapi); /predict and
+# /sample use it too.
+ERRORS = errors(*COMPUTE_ERRORS)
 
 
 @router.post(
@@ -39,6 +31,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=EnergyResponse,
     responses=ERRORS,
     summary="Energies of (x, y) pairs; low means compatible.",
+    operation_id="energy",
 )
 async def energy(
     request: Request,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import CatalogDep, DispatcherDep
 from app.api.responses import json_response
@@ -11,7 +11,12 @@ from app.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness: the process answers.")
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="Liveness: the process answers.",
+    operation_id="healthz",
+)
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
@@ -22,8 +27,12 @@ async def healthz() -> Response:
     summary="Readiness: at least one model serves and the dispatcher takes work (queue mode: "
     "Redis reachable, live workers per model, backlog).",
     responses={503: {"model": Health, "description": "Not ready; detail says why."}},
+    operation_id="readyz",
 )
-async def readyz(registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
+async def readyz(request: Request, registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
+    if request.app.state.lifecycle.draining:
+        reason = {"reason": "shutting down: finishing the requests in flight"}
+        return json_response({"status": "not ready", "detail": reason}, 503)
     dispatch_ok, dispatch_detail = await dispatcher.readiness()
     served = {name: sorted(versions) for name, versions in registry.models.items()}
     unavailable = [

@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep
+from app.api.openapi import LIST_ERRORS, LOOKUP_ERRORS, errors
 from app.api.responses import json_response
 from app.dispatch.engine import batching_limits
 from app.inference.params import default_method, method_settings, usable_methods
-from app.schemas import ErrorResponse, ModelList
+from app.schemas import ModelDetail, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -33,7 +34,13 @@ def _summary(registry: CatalogDep, dispatcher: DispatcherDep, name: str) -> dict
     }
 
 
-@router.get("", response_model=ModelList, summary="List every model, available or not.")
+@router.get(
+    "",
+    response_model=ModelList,
+    responses=errors(*LIST_ERRORS),
+    summary="List every model, available or not.",
+    operation_id="list_models",
+)
 async def list_models(registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
     summaries = [_summary(registry, dispatcher, n) for n in registry.names()]
     return json_response({"models": summaries})
@@ -41,8 +48,10 @@ async def list_models(registry: CatalogDep, dispatcher: DispatcherDep) -> Respon
 
 @router.get(
     "/{name}",
+    response_model=ModelDetail,
     summary="A model's metadata: versions, x/y/z specs, bounds, defaults, card, metrics.",
-    responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses=errors(*LOOKUP_ERRORS),
+    operation_id="get_model",
 )
 async def get_model(
     name: str,

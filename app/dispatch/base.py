@@ -35,6 +35,11 @@ class Dispatcher(Protocol):
         """Whether new work can be taken, and the details (/readyz)."""
         ...
 
+    async def announce_reload(self) -> int | None:
+        """After this process reloaded its models: tell whatever else computes (queue mode:
+        the workers, returns how many listened); None when nothing else does."""
+        ...
+
     async def close(self) -> None:
         """Finish accepted work, then release resources."""
         ...

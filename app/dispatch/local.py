@@ -32,6 +32,9 @@ class LocalDispatcher:
             return False, {"mode": "embedded", "dispatcher": "shutting down"}
         return True, {"mode": "embedded", "dispatcher": "embedded engine running"}
 
+    async def announce_reload(self) -> int | None:
+        return None  # the engine is in this process: it was rebuilt with the models
+
     async def close(self) -> None:
         self._closed = True
         await self.engine.close()

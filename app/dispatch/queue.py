@@ -12,6 +12,7 @@ Keys, all under ``EBM_QUEUE_PREFIX`` (default ``ebm``):
 - ``{p}:workers``: sorted set of worker ids by last heartbeat (Redis clock, ms), and
   ``{p}:worker:{id}`` a hash with each worker's models, device and counters (with a TTL).
 - ``{p}:cancel``: pub/sub channel of job ids whose caller went away.
+- ``{p}:control``: pub/sub channel of fleet commands (``reload``: load the models again).
 
 Clocks: deadlines travel on the Redis server's clock. Each process measures
 ``offset = redis TIME - its own time.time()`` (half a round trip off at most) and converts
@@ -81,6 +82,8 @@ class Script:
         self._pool.close()
 
 
+RELOAD_COMMAND = "reload"
+
 # A worker's heartbeat hash holds, per model version it serves, the seconds per row it
 # measured at load: ``row_seconds:<name>/<version>``. The API admits searches with them.
 ROW_SECONDS_FIELD = "row_seconds:"
@@ -109,6 +112,10 @@ class Keys:
     @property
     def cancel(self) -> str:
         return f"{self.prefix}:cancel"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:control"
 
     def model_of(self, stream: str) -> str:
         return stream.removeprefix(f"{self.prefix}:jobs:")

@@ -33,6 +33,7 @@ from app.config import Settings
 from app.dispatch.drain import DrainRate
 from app.dispatch.queue import (
     ENQUEUE_LUA,
+    RELOAD_COMMAND,
     ROW_SECONDS_FIELD,
     BlockingReader,
     Keys,
@@ -124,8 +125,19 @@ class RedisDispatcher:
         if lost:
             log.warning("Redis restarted empty: %d job(s) in flight failed with 503", len(lost))
 
+    async def announce_reload(self) -> int | None:
+        listeners: int = await self._client.publish(self.keys.control, RELOAD_COMMAND)
+        return listeners
+
     async def close(self) -> None:
+        """Take no new jobs; wait for the replies of those in flight (each ends by its
+        deadline at the latest, and at most EBM_SHUTDOWN_GRACE_S is spent), then stop."""
         self._closed = True
+        give_up = time.monotonic() + self._settings.shutdown_grace_s
+        while time.monotonic() < give_up and any(
+            not w.future.done() for w in self._waiting.values()
+        ):
+            await asyncio.sleep(0.02)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

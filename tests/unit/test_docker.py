@@ -155,7 +155,7 @@ def test_the_onnxruntime_argument_replaces_the_projects_dependency() -> None:
     dependencies = {re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
     default = _assignments("ARG")["ONNXRUNTIME"]
     assert default in dependencies
-    installs = [rest for rest in _args("RUN") if "pip install ." in rest]
+    installs = [rest for rest in _args("RUN") if "pip install -c constraints.txt ." in rest]
     assert len(installs) == 1
     assert re.findall(r"pip uninstall -y (\S+)", installs[0]) == [default]
     assert '"$ONNXRUNTIME"' in installs[0]

@@ -60,7 +60,10 @@ def test_the_image_install_serves_the_shipped_models(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "."],
+        [
+            *(str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"),
+            *("-c", "constraints.txt", "."),
+        ],
         cwd=workdir,
         capture_output=True,
         text=True,
