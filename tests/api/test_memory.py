@@ -6,14 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.conftest import SHIPPED_MODELS
-from tests.servers import Server
-
-
-def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):  # noqa: SIM115 - one line read
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+from tests.servers import Server, rss_mb
 
 
 def test_serving_on_onnxruntime_loads_no_torch_and_stays_under_300_mb(
@@ -26,4 +19,4 @@ def test_serving_on_onnxruntime_loads_no_torch_and_stays_under_300_mb(
         assert client.post("/v1/models/car/predict", json=body).status_code == 200
     maps = open(f"/proc/{server.process.pid}/maps").read()  # noqa: SIM115
     assert "libtorch" not in maps
-    assert _rss_mb(server.process.pid) < 300
+    assert rss_mb(server.process.pid) < 300
