@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.queue.conftest import QueueStack, readiness, start_stack
 from tests.servers import RedisServer, Server, WorkerProcess
@@ -29,31 +30,34 @@ def _until_v2_scores(api: Server, within_s: float = 20) -> None:
     assert response.json()["version"] == 2
 
 
-def _stack(
+@pytest.fixture
+def stack(
     server_factory: Callable[..., Server],
     worker_factory: Callable[..., WorkerProcess],
     redis_factory: Callable[..., RedisServer],
     analytic_models: Path,
     tmp_path: Path,
-) -> tuple[QueueStack, Path]:
-    models = tmp_path / "models"
-    shutil.copytree(analytic_models / "quad" / "1", models / "quad" / "1")
-    stack = start_stack(
-        server_factory, worker_factory, redis_factory(), models, EBM_ADMIN_KEY="s3cret"
+) -> QueueStack:
+    """An API and a worker on quad version 1 alone, their own Redis, reloads allowed."""
+    shutil.copytree(analytic_models / "quad" / "1", tmp_path / "models" / "quad" / "1")
+    return start_stack(
+        server_factory,
+        worker_factory,
+        redis_factory(),
+        tmp_path / "models",
+        EBM_ADMIN_KEY="s3cret",
     )
-    return stack, models
+
+
+def _add_version_2(analytic_models: Path, tmp_path: Path) -> None:
+    shutil.copytree(analytic_models / "quad" / "2", tmp_path / "models" / "quad" / "2")
 
 
 def test_admin_reload_reaches_the_workers(
-    server_factory: Callable[..., Server],
-    worker_factory: Callable[..., WorkerProcess],
-    redis_factory: Callable[..., RedisServer],
-    analytic_models: Path,
-    tmp_path: Path,
+    stack: QueueStack, analytic_models: Path, tmp_path: Path
 ) -> None:
-    stack, models = _stack(server_factory, worker_factory, redis_factory, analytic_models, tmp_path)
     assert _score_v2(stack.api).status_code == 404
-    shutil.copytree(analytic_models / "quad" / "2", models / "quad" / "2")
+    _add_version_2(analytic_models, tmp_path)
     response = httpx.post(
         f"{stack.api.url}/v1/admin/reload",
         headers={"Authorization": "Bearer s3cret"},
@@ -66,15 +70,8 @@ def test_admin_reload_reaches_the_workers(
     assert readiness(stack.api)["detail"]["models"] == {"quad": [1, 2]}
 
 
-def test_sighup_reloads_a_worker(
-    server_factory: Callable[..., Server],
-    worker_factory: Callable[..., WorkerProcess],
-    redis_factory: Callable[..., RedisServer],
-    analytic_models: Path,
-    tmp_path: Path,
-) -> None:
-    stack, models = _stack(server_factory, worker_factory, redis_factory, analytic_models, tmp_path)
-    shutil.copytree(analytic_models / "quad" / "2", models / "quad" / "2")
+def test_sighup_reloads_a_worker(stack: QueueStack, analytic_models: Path, tmp_path: Path) -> None:
+    _add_version_2(analytic_models, tmp_path)
     worker = stack.workers[0]
     worker.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 20
