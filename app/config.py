@@ -16,6 +16,11 @@ class BackendChoice(StrEnum):
     AUTO = "auto"
 
 
+class Admission(StrEnum):
+    SEARCH = "search"
+    STEP = "step"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -82,6 +87,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Max time a job waits for more jobs to join its batch once other jobs "
         "are queued behind a running batch; overrides every manifest.",
+    )
+    admission: Admission = Field(
+        Admission.STEP,
+        description="When /predict searches join a batch: step (at every step boundary, "
+        "steps interleaved fairly across models) or search (only between whole searches).",
     )
     max_queue: int = Field(
         256, ge=1, description="Jobs waiting per model and operation before new ones get 429."

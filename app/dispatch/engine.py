@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import Settings
+from app.config import Admission, Settings
 from app.dispatch.batcher import Batcher, BatcherStats
+from app.dispatch.steps import StepScheduler
 from app.dispatch.wire import Envelope, Op, Result
 from app.errors import ShuttingDown
 from app.inference.control import seconds_left
@@ -82,6 +83,10 @@ class Engine:
             max_workers=settings.compute_threads, thread_name_prefix="ebm-compute"
         )
         self._batchers: dict[tuple[str, int, str], Batcher[Any, Any]] = {}
+        # EBM_ADMISSION=step: searches are scheduled step by step (app.dispatch.steps).
+        self._steps: StepScheduler | None = None
+        if settings.admission == Admission.STEP:
+            self._steps = StepScheduler(max_queue=settings.max_queue)
         self._closed = False
 
     def _batcher(self, model: LoadedModel, route: Route) -> Batcher[Any, Any]:
@@ -106,9 +111,12 @@ class Engine:
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
         model = self.registry.get(env.model, env.version)
-        batcher = self._batcher(model, ROUTES[env.op](model, env.job))
         loop_deadline = asyncio.get_running_loop().time() + seconds_left(env.deadline)
         try:
+            if self._steps is not None and isinstance(env.job, SearchJob):
+                max_rows, _ = batching_limits(model.manifest.batching, self._settings)
+                return await self._steps.submit(model, env.job, loop_deadline, max_rows)
+            batcher = self._batcher(model, ROUTES[env.op](model, env.job))
             result: Result = await batcher.submit(env.job, env.job.rows, loop_deadline)
         except asyncio.CancelledError:
             env.control.cancelled = True  # the caller is gone: its rows leave next step
@@ -116,15 +124,21 @@ class Engine:
         return result
 
     def stats(self) -> dict[str, BatcherStats]:
-        return {b.name: b.stats for b in self._batchers.values()}
+        stats = {b.name: b.stats for b in self._batchers.values()}
+        if self._steps is not None:
+            stats[self._steps.name] = self._steps.stats
+        return stats
 
     @property
     def queued(self) -> int:
-        return sum(b.queued for b in self._batchers.values())
+        waiting = self._steps.queued if self._steps is not None else 0
+        return waiting + sum(b.queued for b in self._batchers.values())
 
     async def close(self) -> None:
         """Take no new jobs, finish the accepted ones, stop the threads."""
         self._closed = True
+        if self._steps is not None:
+            await self._steps.close()
         for batcher in self._batchers.values():
             await batcher.close()
         self._executor.shutdown(wait=True)

@@ -35,6 +35,7 @@ def deterministic_groups(jobs: Sequence[_Job], rows_independent: bool) -> list[l
 
 def per_row(values: Sequence[float | np.floating], counts: Sequence[int]) -> Array:
     """One float32 column ``[sum(counts), 1]``: each job's value repeated over its rows."""
-    return np.concatenate(
-        [np.full((n, 1), v, np.float32) for v, n in zip(values, counts, strict=True)]
-    )
+    if len(values) != len(counts):
+        raise ValueError(f"{len(values)} values for {len(counts)} jobs")
+    # One vectorised repeat: this runs every step for every job of a search.
+    return np.repeat(np.asarray(values, dtype=np.float32), counts).reshape(-1, 1)

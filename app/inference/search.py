@@ -82,6 +82,24 @@ class _Segment:
     steps_run: int = 0
     evaluations: int = 0
     trajectory: list[Array] = field(default_factory=list)
+    t: int = 0  # its own step count: jobs admitted mid-run are at different steps
+    started: float = field(default_factory=time.monotonic)
+    adam: Array | None = None  # gd: (step size, bias corrections) per step, see _adam_table
+
+
+def _adam_table(step_size: float, steps: int) -> Array:
+    """A gd job's whole schedule, ``[steps, 3]`` float32: its step size (cosine decay) and
+    Adam's bias corrections 1 - beta^(t+1) at every step t. Computed once, per job, in
+    float64 from that job alone: a step then reads one row instead of recomputing per job,
+    and the bits do not depend on which jobs share the batch."""
+    b1, b2 = ADAM_BETAS
+    return np.array(
+        [
+            (step_size * _cosine_decay(t, steps), 1 - b1 ** (t + 1), 1 - b2 ** (t + 1))
+            for t in range(max(steps, 1))
+        ],
+        dtype=np.float32,
+    )
 
 
 def _cosine_decay(t: int, steps: int) -> float:
@@ -97,11 +115,14 @@ def _repeat_rows(a: Array, times: int) -> Array:
 class Search:
     """One batch of jobs of one method on one model."""
 
+    free: Array | None  # [R, D]: 0 where a component is clamped (fill in the blanks)
+    known: Array  # [R, Dy]: the clamped values (with free)
+    frozen: np.ndarray  # [R] bool: rows of an x that has converged
+
     def __init__(self, model: LoadedModel, jobs: list[SearchJob]) -> None:
         self.model = model
         self.space = Space.of(model.manifest)
         self.method = jobs[0].params.method
-        self.started = time.monotonic()
         self.segments: list[_Segment] = []
         at = 0
         for job in jobs:
@@ -118,6 +139,73 @@ class Search:
             at += job.rows
         self.rows = at
         self._init_rows()
+        self._results: dict[int, Candidates] = {}  # by segment, until delivered and compacted
+        self._last_step_s = 0.0
+
+    # --- iteration-level admission ------------------------------------------------------
+    #: Per-row arrays, in row order; admit() appends to them and compact() filters them.
+    _ROW_ARRAYS = ("v", "m1", "m2", "x", "labels", "step_size", "noise", "refine_step", "steps")
+
+    def admit(self, jobs: list[SearchJob]) -> None:
+        """Add jobs at a step boundary: their rows are set up exactly as if they had started
+        a search of their own (same generator draws), then join every later backend call."""
+        newcomer = Search(self.model, jobs)
+        offset = self.rows
+        for name in self._ROW_ARRAYS:
+            mine, theirs = getattr(self, name), getattr(newcomer, name)
+            if mine is not None:
+                setattr(self, name, np.concatenate([mine, theirs]))
+        if self.free is not None or newcomer.free is not None:
+            mine_free, mine_known = self._clamping()
+            their_free, their_known = newcomer._clamping()
+            self.free = np.concatenate([mine_free, their_free])
+            self.known = np.concatenate([mine_known, their_known])
+        self.frozen = np.concatenate([self.frozen, newcomer.frozen])
+        for segment in newcomer.segments:
+            segment.start += offset
+            segment.stop += offset
+            self.segments.append(segment)
+        self.rows += newcomer.rows
+        self._index_blocks()
+
+    def _finished(self, i: int) -> bool:
+        """Answered (re-scored and delivered) or dropped: nothing more to do for it. A job
+        that converged during the last step is done but answered at the next boundary."""
+        return self.segments[i].dropped or i in self._results
+
+    def compact(self) -> list[int]:
+        """Forget the finished jobs and their rows; returns the (old) indices of the jobs
+        kept, in order, so a caller can re-index its own bookkeeping."""
+        kept = [i for i in range(len(self.segments)) if not self._finished(i)]
+        if len(kept) == len(self.segments):
+            return kept
+        keep = [self.segments[i] for i in kept]
+        rows = (
+            np.concatenate([np.arange(s.start, s.stop) for s in keep])
+            if keep
+            else np.zeros(0, np.intp)
+        )
+        for name in self._ROW_ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[rows])
+        if self.free is not None:
+            self.free, self.known = self.free[rows], self.known[rows]
+        self.frozen = self.frozen[rows]
+        at = 0
+        for s in keep:
+            size = s.stop - s.start
+            s.start, s.stop = at, at + size
+            at += size
+        self.segments, self.rows, self._results = keep, at, {}
+        if keep:
+            self._index_blocks()
+        return kept
+
+    @property
+    def live(self) -> bool:
+        """Some job still has steps to take or an answer to deliver."""
+        return any(not self._finished(i) for i in range(len(self.segments)))
 
     # --- set-up -------------------------------------------------------------------------
     def _per_row(self, value: Callable[[SearchJob], float]) -> Array:
@@ -153,7 +241,7 @@ class Search:
             )
             space.project(self.v)
         # Clamped components (fill in the blanks): values fixed, gradients zeroed.
-        self.free: Array | None = None
+        self.free = None
         if any(s.job.y_mask is not None for s in self.segments):
             free = np.ones((self.rows, space.dim), np.float32)
             known = np.zeros((self.rows, space.y_size), np.float32)
@@ -197,6 +285,13 @@ class Search:
         self.block_tol = np.concatenate(tol)
         self.block_chain_steps = np.concatenate(chain)
 
+    def _clamping(self) -> tuple[Array, Array]:
+        """(free, known) of every row; all free when no job clamps anything."""
+        if self.free is not None:
+            return self.free, self.known
+        free = np.ones((self.rows, self.space.dim), np.float32)
+        return free, np.zeros((self.rows, self.space.y_size), np.float32)
+
     def _clamp(self, rows: slice | np.ndarray) -> None:
         if self.free is not None:
             y = self.v[rows, : self.space.y_size]
@@ -224,62 +319,79 @@ class Search:
     ) -> list[Candidates | None]:
         """Run every job to its step budget, convergence or deadline, re-scoring each job as
         it stops; ``deliver(i, candidates)`` hands job i's result over at once (a job that
-        stopped early does not wait for the rest of the batch). A job whose caller is gone
-        (cancelled, or its deadline passed) leaves at the next step with no result; one
-        near its deadline stops early enough to re-score and answer with partial results."""
-        gradient_free = self.method in ("dfo", "enumerate")
+        stopped early does not wait for the rest of the batch)."""
         results: dict[int, Candidates] = {}
-        t = 0
-        last_step_s = 0.0
-        while True:
-            now = time.monotonic()
-            for s in self.segments:
-                if s.done:
-                    continue
-                control = s.job.control
-                if control.gone():
-                    s.done = s.dropped = True
-                elif t >= s.steps:
-                    s.done = True
-                elif control.expired(max(margin_s, 3 * last_step_s) + s.finish_s):
-                    s.done, s.partial = True, True
-            stopped = [
-                i
-                for i, s in enumerate(self.segments)
-                if s.done and not s.dropped and i not in results
-            ]
-            if stopped:
-                finished = self._finish(stopped, gradient_free)
-                for i, candidates in zip(stopped, finished, strict=True):
-                    results[i] = candidates
-                    if deliver is not None:
-                        deliver(i, candidates)
-            live = [s for s in self.segments if not s.done]
-            if not live:
-                break
-            counts = [self._searching(s) for s in live]
-            rows = self._rows_of(live)
-            for s in live:
-                if s.job.params.return_trajectory:
-                    s.trajectory.append(self.v[s.start : s.stop, : self.space.y_size].copy())
-            energy, g = self._evaluate(rows, grad=not gradient_free)
-            for s, n in zip(live, counts, strict=True):
-                s.steps_run += 1
-                s.evaluations += n
-            if self.method == "gd":
-                assert g is not None
-                self._adam_step(rows, live, counts, g, t)
-            elif self.method == "langevin":
-                assert g is not None
-                self._langevin_step(rows, live, counts, g, t)
-            elif self.method == "dfo":
-                self._dfo_step(live, energy, t)
-            if g is not None and t + 1 >= MIN_STEPS_BEFORE_TOL:
-                norms = self.space.stationarity(self.v[rows], g)
-                self._stop_converged(live, rows, norms, t)
-            t += 1
-            last_step_s = time.monotonic() - now
-        return [results.get(i) for i in range(len(self.segments))]
+
+        def keep(i: int, found: Candidates) -> None:
+            results[i] = found
+            if deliver is not None:
+                deliver(i, found)
+
+        count = len(self.segments)
+        while self.advance(keep, margin_s):
+            pass
+        return [results.get(i) for i in range(count)]
+
+    def advance(self, deliver: Callable[[int, Candidates], None], margin_s: float = 0.02) -> bool:
+        """One step boundary, then one step. At the boundary every job that must stop does:
+        at its step budget, converged, near its deadline (re-scored, partial), or with its
+        caller gone (cancelled or expired: it leaves with no result); each stopped job is
+        re-scored and handed to ``deliver(segment index, candidates)``. Then every live row
+        takes one step, in one backend call. Returns whether any job is still live."""
+        gradient_free = self.method in ("dfo", "enumerate")
+        now = time.monotonic()
+        wall = time.time()  # deadlines are wall-clock (see Control)
+        margin = max(margin_s, 3 * self._last_step_s)
+        for s in self.segments:
+            if s.done:
+                continue
+            control = s.job.control
+            if control.cancelled or wall >= control.deadline:  # nobody waits: no answer
+                s.done = s.dropped = True
+            elif s.t >= s.steps:
+                s.done = True
+            elif wall + margin + s.finish_s >= control.deadline:  # answer while we can
+                s.done, s.partial = True, True
+        stopped = [
+            i
+            for i, s in enumerate(self.segments)
+            if s.done and not s.dropped and i not in self._results
+        ]
+        if stopped:
+            finished = self._finish(stopped, gradient_free)
+            for i, candidates in zip(stopped, finished, strict=True):
+                self._results[i] = candidates
+                deliver(i, candidates)
+        live = [s for s in self.segments if not s.done]
+        if not live:
+            return False
+        counts = [self._searching(s) for s in live]
+        rows = self._rows_of(live)
+        for s in live:
+            if s.job.params.return_trajectory:
+                s.trajectory.append(self.v[s.start : s.stop, : self.space.y_size].copy())
+        energy, g = self._evaluate(rows, grad=not gradient_free)
+        if self.method == "gd":
+            assert g is not None
+            self._adam_step(rows, live, counts, g)
+        elif self.method == "langevin":
+            assert g is not None
+            self._langevin_step(rows, live, counts, g)
+        elif self.method == "dfo":
+            self._dfo_step(live, energy)
+        # Convergence is checked only where it can stop something (tol > 0; past the first
+        # steps): one reduction over the rows, skipped entirely otherwise.
+        if g is not None and any(
+            s.job.params.tol > 0 and s.t + 1 >= MIN_STEPS_BEFORE_TOL for s in live
+        ):
+            norms = self.space.stationarity(self.v[rows], g)
+            self._stop_converged(live, rows, norms)
+        for s, n in zip(live, counts, strict=True):
+            s.t += 1
+            s.steps_run += 1
+            s.evaluations += n
+        self._last_step_s = time.monotonic() - now
+        return True
 
     def _live_rows(self, s: _Segment) -> np.ndarray:
         """The rows of a running job still searching: those of its x not yet converged."""
@@ -297,9 +409,7 @@ class Search:
             return slice(None)
         return np.concatenate([self._live_rows(s) for s in live])
 
-    def _stop_converged(
-        self, live: list[_Segment], rows: slice | np.ndarray, norms: Array, t: int
-    ) -> None:
+    def _stop_converged(self, live: list[_Segment], rows: slice | np.ndarray, norms: Array) -> None:
         """Each x of a job stops searching once every one of its starts is stationary
         (norms from before the step just taken: the step only moved it closer); the job
         stops when all its x have. A Langevin chain is never cut short: only its
@@ -312,8 +422,10 @@ class Search:
             firsts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
             ids = blocks[firsts]
         flat = np.maximum.reduceat(norms, firsts) < self.block_tol[ids]
+        block_t = np.array([s.t for s in self.segments])[self.block_segment[ids]]
+        flat &= block_t + 1 >= MIN_STEPS_BEFORE_TOL  # a flat start must move first
         if self.method == "langevin":
-            flat &= t >= self.block_chain_steps[ids]
+            flat &= block_t >= self.block_chain_steps[ids]
         if not flat.any():
             return
         for block in ids[flat]:
@@ -324,35 +436,45 @@ class Search:
             if s.frozen_any and self.frozen[s.start : s.stop].all():
                 s.done = True
 
-    def _step_sizes(self, live: list[_Segment], counts: list[int], t: int) -> np.float32 | Array:
-        """Each job's step at step t (cosine decay to 1%), as one float32 per job: a scalar
-        when all live jobs agree, else ``[r, 1]``. Computed per job in float64, so a job's
-        steps are the same bits alone or coalesced."""
-        per_job = [
-            np.float32(s.job.params.step_size * _cosine_decay(t, s.job.params.steps)) for s in live
-        ]
+    @staticmethod
+    def _per_job(values: list[float], counts: list[int]) -> np.float32 | Array:
+        """One float32 per job, computed by the caller in float64 from that job alone (so
+        its bits do not depend on company): a scalar when all agree, else ``[r, 1]``."""
+        per_job = [np.float32(v) for v in values]
         if all(v == per_job[0] for v in per_job):
             return per_job[0]
         return per_row(per_job, counts)
 
+    def _step_sizes(self, live: list[_Segment], counts: list[int]) -> np.float32 | Array:
+        """Each job's step at its own step count (cosine decay to 1%)."""
+        return self._per_job(
+            [s.job.params.step_size * _cosine_decay(s.t, s.job.params.steps) for s in live],
+            counts,
+        )
+
     def _adam_step(
-        self,
-        rows: slice | np.ndarray,
-        live: list[_Segment],
-        counts: list[int],
-        g: Array,
-        t: int,
+        self, rows: slice | np.ndarray, live: list[_Segment], counts: list[int], g: Array
     ) -> None:
-        self._adam_move(rows, g, np.float32(t), self._step_sizes(live, counts, t))
+        for s in live:
+            if s.adam is None:
+                s.adam = _adam_table(s.job.params.step_size, s.job.params.steps)
+        table = np.stack([s.adam[s.t] for s in live])  # type: ignore[index]
+        if len(live) == 1 or (table == table[0]).all():  # one schedule: scalars
+            lr, bias1, bias2 = table[0]
+            self._adam_move(rows, g, bias1, bias2, lr)
+            return
+        per_row = np.repeat(table, counts, axis=0)
+        self._adam_move(rows, g, per_row[:, 1:2], per_row[:, 2:3], per_row[:, 0:1])
 
     def _adam_move(
         self,
         rows: slice | np.ndarray,
         g: Array,
-        t: np.floating | Array,
+        bias1: np.floating | Array,
+        bias2: np.floating | Array,
         lr: np.floating | Array,
     ) -> None:
-        """One Adam step of size ``lr`` at (per-row) step count ``t``, projected."""
+        """One Adam step of size ``lr`` with bias corrections 1 - beta^(t+1), projected."""
         b1, b2 = ADAM_BETAS
         if isinstance(rows, slice):  # every row live: update the moments in place
             m1, m2 = self.m1, self.m2
@@ -364,8 +486,8 @@ class Search:
             m1 = b1 * self.m1[rows] + (1 - b1) * g
             m2 = b2 * self.m2[rows] + (1 - b2) * g * g
             self.m1[rows], self.m2[rows] = m1, m2
-        m1_hat = m1 / (1 - b1 ** (t + 1))
-        m2_hat = m2 / (1 - b2 ** (t + 1))
+        m1_hat = m1 / bias1
+        m2_hat = m2 / bias2
         move = lr * m1_hat / (np.sqrt(m2_hat) + 1e-12)
         self._move(rows, move.astype(np.float32, copy=False), sign=-1.0)
 
@@ -397,13 +519,13 @@ class Search:
         live: list[_Segment],
         counts: list[int],
         g: Array,
-        t: int,
     ) -> None:
         """Implicit-BC style: a polynomially decaying step, a separate noise scale, a clip on
         each move and on the bounds. The chain's ``steps`` are followed by noise-free Adam
         refinement steps (started at the model's gd step size), which settle each sample at
         the bottom of its valley."""
         lr0, steps = self.step_size[rows], self.steps[rows]
+        t = per_row([float(s.t) for s in live], counts)  # each job's own step count
         frac = np.minimum(t / np.maximum(steps - 1, 1.0), 1.0)
         final = lr0 * FINAL_STEP_SHARE
         lr = (lr0 - final) * (1 - frac) ** 2 + final
@@ -417,15 +539,18 @@ class Search:
         index = np.arange(self.rows)[rows]
         self._move(index[chain], np.clip(delta[chain], -clip, clip), sign=1.0)
         refining = ~chain
-        t_ref = t - steps[refining]
+        t_ref = t[refining] - steps[refining]
         refine_steps = np.maximum(np.ceil(steps[refining] * LANGEVIN_REFINE_SHARE), 1.0)
         decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (
             1 + np.cos(np.pi * np.minimum(t_ref / refine_steps, 1.0))
         )
         lr_ref = self.refine_step[rows][refining] * decay
-        self._adam_move(index[refining], g[refining], t_ref, lr_ref.astype(np.float32))
+        b1, b2 = ADAM_BETAS
+        bias1 = (1 - b1 ** (t_ref.astype(np.float64) + 1)).astype(np.float32)
+        bias2 = (1 - b2 ** (t_ref.astype(np.float64) + 1)).astype(np.float32)
+        self._adam_move(index[refining], g[refining], bias1, bias2, lr_ref.astype(np.float32))
 
-    def _dfo_step(self, live: list[_Segment], energy: Array, t: int) -> None:
+    def _dfo_step(self, live: list[_Segment], energy: Array) -> None:
         """Implicit-BC derivative-free step: resample each x's population in proportion to
         softmax(-E/T), then jitter with a noise that halves every iteration. The population
         is scored once more at the end (``_finish``), so the choice uses fresh energies."""
@@ -433,7 +558,7 @@ class Search:
         targets, sources = [], []
         for s in live:
             n = s.stop - s.start
-            if t < s.steps:
+            if s.t < s.steps:
                 starts, rows_x = s.job.params.num_starts, s.job.rows_x
                 logits = -energy[at : at + n].reshape(rows_x, starts).astype(np.float64)
                 logits /= s.job.params.temperature
@@ -453,8 +578,11 @@ class Search:
         self.v[target] = self.v[source]
         if self.labels is not None:
             self.labels[target] = self.labels[source]
-        resampling = [s for s in live if t < s.steps]
-        scale = self.noise[target] * DFO_SHRINK**t  # noise_scale is in y's units
+        resampling = [s for s in live if s.t < s.steps]
+        shrink = per_row(
+            [DFO_SHRINK**s.t for s in resampling], [s.stop - s.start for s in resampling]
+        )
+        scale = self.noise[target] * shrink  # noise_scale is in y's units
         self._move(target, (scale * self._noise(resampling)).astype(np.float32), sign=1.0)
 
     # --- the end: re-score ------------------------------------------------------------
@@ -493,7 +621,7 @@ class Search:
                     steps_run=s.steps_run,
                     evaluations=s.evaluations + (s.stop - s.start),
                     partial=s.partial,
-                    elapsed_s=time.monotonic() - self.started,
+                    elapsed_s=time.monotonic() - s.started,
                 )
             )
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.bench import (
+    bench_admission,
     bench_energy,
     bench_large_body,
     bench_predict,
@@ -19,6 +20,7 @@ def main() -> int:
         ("queue", bench_queue),
         ("reply path", bench_reply_path),
         ("large body", bench_large_body),
+        ("admission", bench_admission),
     )
     for name, bench in benches:
         print(f"== {name}")
