@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.dispatch.drain import DrainRate
 from app.errors import DeadlineExceeded, Overloaded, ShuttingDown
@@ -128,13 +128,7 @@ class Batcher(Generic[P, R]):
             timer.cancel()
 
     def _expire(self, job: Job[P, R]) -> None:
-        if job.future.done():
-            return
-        self.stats.expired += 1
-        waited_ms = (time.monotonic() - job.enqueued_at) * 1000
-        job.future.set_exception(
-            DeadlineExceeded(f"{self.name}: deadline passed after {waited_ms:.0f} ms")
-        )
+        expire(self.name, self.stats, job.future, job.enqueued_at)
 
     async def close(self) -> None:
         """Stop taking jobs, finish everything already accepted, then stop the loop."""
@@ -247,6 +241,16 @@ class Batcher(Generic[P, R]):
         self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
         for job, result in zip(live, results, strict=True):
             _resolve(job.future, result)
+
+
+def expire(name: str, stats: BatcherStats, future: asyncio.Future[Any], since: float) -> None:
+    """A job's deadline passed before it was answered: its caller gets 504 now (what is
+    still computing for it leaves at its next step, its Control says so)."""
+    if future.done():
+        return
+    stats.expired += 1
+    waited_ms = (time.monotonic() - since) * 1000
+    future.set_exception(DeadlineExceeded(f"{name}: deadline passed after {waited_ms:.0f} ms"))
 
 
 def _resolve(future: asyncio.Future[R], result: R) -> None:

@@ -31,9 +31,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.dispatch.batcher import BatcherStats
+from app.dispatch.batcher import BatcherStats, expire
 from app.dispatch.drain import DrainRate
-from app.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from app.errors import Overloaded, ShuttingDown
 from app.inference.predict import PredictOutcome, to_predictions
 from app.inference.search import Candidates, Search, SearchJob
 from app.registry.loader import LoadedModel
@@ -166,16 +166,9 @@ class StepScheduler:
         return lane
 
     def _expire(self, waiting: _Waiting) -> None:
-        """Its deadline passed before it was answered: still waiting to be admitted, or in a
-        search that could not stop in time for a partial answer (its rows leave at the next
-        step: the deadline is in its Control)."""
-        if waiting.future.done():
-            return
-        self.stats.expired += 1
-        waited_ms = (time.monotonic() - waiting.enqueued_at) * 1000
-        waiting.future.set_exception(
-            DeadlineExceeded(f"{self.name}: deadline passed after {waited_ms:.0f} ms")
-        )
+        # Waiting to be admitted, or in a search that could not stop in time to answer
+        # partial: 504 either way.
+        expire(self.name, self.stats, waiting.future, waiting.enqueued_at)
 
     async def close(self) -> None:
         """Take no new jobs, finish every accepted one, then stop the thread."""
