@@ -6,6 +6,7 @@ from tests.bench import (
     bench_admission,
     bench_energy,
     bench_large_body,
+    bench_modes,
     bench_predict,
     bench_queue,
     bench_reply_path,
@@ -21,6 +22,7 @@ def main() -> int:
         ("reply path", bench_reply_path),
         ("large body", bench_large_body),
         ("admission", bench_admission),
+        ("mode recovery", bench_modes),
     )
     for name, bench in benches:
         print(f"== {name}")
