@@ -327,7 +327,9 @@ class EffectiveSettings(BaseModel):
     num_starts: int
     steps: int
     step_size: float
-    noise_scale: float
+    noise_scale: float | None = Field(
+        description="None: langevin derives its temperature from the landscape."
+    )
     temperature: float
 
 

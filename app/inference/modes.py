@@ -37,27 +37,92 @@ def gibbs_weights(energy: Array, temperature: float) -> np.ndarray:
     return total
 
 
-def select_modes(
-    y: Array, energy: Array, k: int, merge_radius: float, temperature: float
-) -> list[Mode]:
-    """Up to ``k`` modes among candidates ``y [S, D]`` with energies ``[S]``.
+#: A candidate still on its way down is absorbed by a mode within its estimated remaining
+#: distance, up to this many merge radii (a far-off estimate must not swallow a basin).
+REACH_CAP = 4.0
 
-    Candidates are taken lowest energy first; each one not yet absorbed becomes a mode and
-    absorbs every remaining candidate within ``merge_radius`` of it. Two returned modes are
-    therefore never closer than ``merge_radius``. Non-finite energies are never chosen.
+
+def select_modes(
+    y: Array,
+    energy: Array,
+    k: int,
+    merge_radius: float,
+    temperature: float,
+    gap: float = 0.0,
+    reach: Array | None = None,
+    settled: np.ndarray | None = None,
+) -> list[Mode]:
+    """Up to ``k`` modes among candidates ``y [S, D]`` with energies ``[S]``, answered
+    lowest energy first.
+
+    Candidates are taken in tiers: the lowest energy not yet absorbed, and with it every
+    candidate within ``gap`` of that energy. Within a tier, modes are chosen farthest point
+    first (each the candidate farthest from every mode so far), so when many candidates
+    share nearly the lowest energy (a continuum of minima: a ring, a valley floor) the
+    modes spread over that set instead of crowding one end of it; between tiers, lower
+    energy comes first. Each mode absorbs every remaining candidate within ``merge_radius``
+    (plus the candidate's ``reach [S]``: its estimated distance to the stationary point it
+    is heading for, so a few stragglers of one deep basin do not take the places of other
+    basins' minima). ``settled [S]`` (converged candidates, when known): after the lowest
+    candidate of all, the settled ones are considered before the rest, which fill any places
+    left (a candidate still on its way is not a mode yet). With ``gap = 0``, no reach and
+    nothing settled this is greedy non-maximum suppression by energy. Non-finite energies
+    are never chosen.
     """
     weights = gibbs_weights(np.where(np.isfinite(energy), energy, np.inf), temperature)
     order = np.argsort(energy, kind="stable")
     taken = ~np.isfinite(energy)
     flat = np.asarray(y, np.float64).reshape(len(energy), -1)
+    nearest = np.full(len(energy), np.inf)  # squared distance to the closest mode so far
+    radius = np.full(len(energy), merge_radius)
+    if reach is not None:
+        extra = np.where(np.isfinite(reach), reach, 0.0)
+        radius += np.minimum(extra, REACH_CAP * merge_radius)
+    radius2 = radius**2
     modes: list[Mode] = []
-    for i in order:
-        if len(modes) == k:
-            break
-        if taken[i]:
-            continue
-        near = ~taken & (np.sum((flat - flat[i]) ** 2, axis=1) <= merge_radius**2)
-        near[i] = True
-        taken |= near
-        modes.append(Mode(int(i), float(weights[near].sum()), int(near.sum())))
+    if settled is None:
+        _select_pass(flat, energy, order, k, radius2, gap, weights, taken, nearest, modes)
+    else:
+        for part in (order[:1], order[settled[order]], order):  # best, settled, the rest
+            _select_pass(flat, energy, part, k, radius2, gap, weights, taken, nearest, modes)
+    modes.sort(key=lambda mode: float(energy[mode.index]))
     return modes
+
+
+def _select_pass(
+    flat: np.ndarray,
+    energy: Array,
+    order: np.ndarray,
+    k: int,
+    radius2: np.ndarray,
+    gap: float,
+    weights: np.ndarray,
+    taken: np.ndarray,
+    nearest: np.ndarray,
+    modes: list[Mode],
+) -> None:
+    """Tiers and farthest points among the candidates of ``order`` (lowest energy first);
+    ``taken``, ``nearest`` and ``modes`` are updated in place."""
+    eligible = np.zeros(len(energy), bool)
+    eligible[order] = True
+    at = 0
+    while len(modes) < k:
+        while at < len(order) and taken[order[at]]:
+            at += 1
+        if at == len(order):
+            return
+        i = int(order[at])
+        tier = eligible & (energy <= energy[i] + gap) & ~taken
+        if modes:  # a tier is spread from the modes already chosen, its first pick too
+            i = int(np.argmax(np.where(tier, nearest, -1.0)))
+        while len(modes) < k:
+            d2 = np.sum((flat - flat[i]) ** 2, axis=1)
+            near = ~taken & (d2 <= radius2)
+            near[i] = True
+            taken |= near
+            modes.append(Mode(i, float(weights[near].sum()), int(near.sum())))
+            np.minimum(nearest, d2, out=nearest)
+            open_ = tier & ~taken
+            if not open_.any():
+                break
+            i = int(np.argmax(np.where(open_, nearest, -1.0)))

@@ -1,8 +1,10 @@
 """Search settings of one request, resolved: the request's, else the manifest's, else built in.
 
 Every step size and noise scale is in the units of the variable it moves (y, or a continuous
-z), so a model's manifest states them for its own scale. The built-in settings, used for a
-method the manifest says nothing about, are scaled from the variables' bounds.
+z), so a model's manifest states them for its own scale. Whatever the manifest leaves unset
+comes from one policy for every model, scaled from y's bounds (never tuned per energy):
+enough starts to put one in a basin of ~1% of the box, steps that cross the box, a merge
+radius and a convergence distance that are small shares of it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ class SearchParams:
     num_starts: int  # candidates per x (enumerate: the number of labels)
     steps: int
     step_size: float
-    noise_scale: float
+    noise_scale: float | None  # langevin: None = T from the landscape (see steppers.stepper)
     temperature: float
     merge_radius: float
-    tol: float
+    tol: float | None  # None: converged by distance (see converged_distance)
     seed: int
     seeded: bool  # the caller chose the seed: the answer must replay bit for bit
     return_trajectory: bool = False
@@ -68,21 +70,43 @@ class OptimiserSettings:
     num_starts: int
     steps: int
     step_size: float
-    noise_scale: float
+    noise_scale: float | None
     temperature: float
+
+
+#: Built-in starts. A basin holding 1% of the box catches one of 512 uniform starts with
+#: probability 1 - 0.99^512 > 0.99; dfo's candidates are cheaper (mostly energy-only calls).
+GD_STARTS = 512
+DFO_STARTS = 2048
+MERGE_SHARE = 0.02  # default merge radius: 2% of y's typical bound width
+CONVERGED_SHARE = 1e-3  # converged: estimated within 0.1% of the width of a stationary point
 
 
 def builtin_settings(method: str, manifest: Manifest) -> MethodSettings:
     scale = typical_range(manifest)
-    if method == "gd":  # Adam: the first steps move about step_size per component
-        return MethodSettings(num_starts=64, steps=100, step_size=0.02 * scale, noise_scale=0.0)
-    if method == "langevin":
-        return MethodSettings(num_starts=64, steps=100, step_size=1e-3 * scale**2, noise_scale=1.0)
-    if method == "dfo":  # Implicit BC's jitter (0.33 on a [-1, 1] range), 8 rounds not 3
-        # (with 3 the survivors were still ~0.1 of the range from the minima), 2048 samples
-        # (1024 left 1% of the analytic minima over 0.1 away).
-        return MethodSettings(num_starts=2048, steps=8, step_size=1.0, noise_scale=0.165 * scale)
+    if method == "gd":  # Adam moves ~step_size per component: 100 steps cross the box
+        return MethodSettings(
+            num_starts=GD_STARTS, steps=100, step_size=0.02 * scale, noise_scale=0.0
+        )
+    if method == "langevin":  # the chains' first step; it adapts per chain (MALA)
+        return MethodSettings(
+            num_starts=GD_STARTS, steps=100, step_size=1e-5 * scale**2, noise_scale=None
+        )
+    if method == "dfo":  # Implicit BC's first jitter (0.33 on a [-1, 1] range), 8 rounds
+        return MethodSettings(
+            num_starts=DFO_STARTS, steps=8, step_size=1.0, noise_scale=0.165 * scale
+        )
     return MethodSettings(num_starts=1, steps=0, step_size=1.0, noise_scale=0.0)
+
+
+def default_merge_radius(manifest: Manifest) -> float:
+    return MERGE_SHARE * typical_range(manifest)
+
+
+def converged_distance(manifest: Manifest) -> float:
+    """A candidate is converged when its estimated distance to a stationary point (from
+    the secant curvature of its last step: scale-free in the energy) is at most this."""
+    return CONVERGED_SHARE * typical_range(manifest)
 
 
 def method_settings(method: str, manifest: Manifest) -> OptimiserSettings:
@@ -91,7 +115,9 @@ def method_settings(method: str, manifest: Manifest) -> OptimiserSettings:
     merged = builtin_settings(method, manifest).model_dump()
     merged["temperature"] = defaults.temperature
     if method == default_method(manifest):
-        merged.update({f: getattr(defaults, f) for f in OPTIMISER_FIELDS})
+        for name in OPTIMISER_FIELDS:
+            if getattr(defaults, name) is not None:
+                merged[name] = getattr(defaults, name)
     override = defaults.methods.get(method)  # type: ignore[call-overload]
     if override is not None:
         merged.update(override.model_dump(exclude_none=True))
@@ -129,12 +155,18 @@ def resolve(manifest: Manifest, request: Mapping[str, Any]) -> SearchParams:
         num_starts=num_starts,
         steps=int(given.get("steps", settings.steps)),
         step_size=float(given.get("step_size", settings.step_size)),
-        noise_scale=float(given.get("noise_scale", settings.noise_scale)),
+        noise_scale=_optional(given.get("noise_scale", settings.noise_scale)),
         temperature=float(given.get("temperature", settings.temperature)),
-        merge_radius=float(given.get("merge_radius", defaults.merge_radius)),
-        tol=float(given.get("tol", defaults.tol)),
+        merge_radius=float(
+            given.get("merge_radius", defaults.merge_radius or default_merge_radius(manifest))
+        ),
+        tol=_optional(given.get("tol", defaults.tol)),
         seed=int(seed) if seed is not None else secrets.randbits(63),
         seeded=seed is not None,
         return_trajectory=bool(given.get("return_trajectory", False)),
         refine_step_size=method_settings("gd", manifest).step_size,
     )
+
+
+def _optional(value: float | None) -> float | None:
+    return None if value is None else float(value)

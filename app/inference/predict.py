@@ -20,6 +20,9 @@ from app.inference.search import Candidates, Search, SearchJob
 from app.registry.loader import LoadedModel
 
 FINISH_SLACK_S = 0.02  # building the response after the last merge
+#: Candidates within this share of the x's starting-energy spread of the best one count as
+#: equally low: the modes spread over them (a continuum) before lower tiers are considered.
+TIER_SHARE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,18 @@ def to_predictions(
         if seconds_left(job.control.deadline) < 1.5 * per_row_s + FINISH_SLACK_S:
             k, cut = 1, True
         started = time.monotonic()
+        gap = TIER_SHARE * float(found.energy_scale[i])
+        reach = None if found.distance is None else found.distance[i]
+        settled = None if found.converged is None else found.converged[i]
         modes = select_modes(
-            found.y[i], found.energy[i], k, params.merge_radius, params.temperature
+            found.y[i],
+            found.energy[i],
+            k,
+            params.merge_radius,
+            params.temperature,
+            gap,
+            reach,
+            settled,
         )
         if k == params.k:
             merged_s, merged = merged_s + time.monotonic() - started, merged + 1
@@ -70,9 +83,7 @@ def to_predictions(
                 )
             prediction["mass"] = mode.mass
             prediction["converged"] = (
-                None
-                if found.grad_norm is None
-                else bool(found.grad_norm[i, j] <= max(params.tol, 1e-12))
+                None if found.converged is None else bool(found.converged[i, j])
             )
             if found.trajectory is not None:
                 path = found.trajectory[:, i, j]

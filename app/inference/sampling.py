@@ -2,11 +2,11 @@
 
 - A latent model with a decoder samples z from its prior and decodes, y = Dec(x, z): one
   decoder call and one energy call for all samples of all jobs.
-- Any other model runs Langevin chains on y (and a continuous z) in the standard form for
-  exp(-E/T), y <- y - step * dE/dy + sqrt(2 step T) * xi, projected onto the bounds (the
-  drift does not grow as T falls: one step size is stable at every temperature); a
-  discrete latent is drawn from its prior once per chain. After ``steps`` steps of
-  burn-in every chain keeps a state every ``thin`` steps until each x has ``n`` samples.
+- Any other model runs the Langevin chains of /predict (``steppers.chain``: proposals
+  y' = y - h dE/dy + sqrt(2 h T) xi, projected onto the bounds, with a Metropolis-Hastings
+  correction for exp(-E/T)); a discrete latent is drawn from its prior once per chain. Each
+  chain's step adapts during the ``steps`` steps of burn-in and is fixed after; then every
+  chain keeps its state every ``thin`` steps until each x has ``n`` samples.
 
 Fill in the blanks (``y_known``/``y_mask``) always takes the chain path: observed components
 stay clamped, the chains move the rest (starting, for decoder models, from decoded prior
@@ -29,6 +29,8 @@ import numpy as np
 from app.inference.batch import deterministic_groups, per_row
 from app.inference.control import Control
 from app.inference.space import Space
+from app.inference.steppers import chain
+from app.inference.steppers.rows import RowState
 from app.registry.backends.base import Array
 from app.registry.loader import LoadedModel
 
@@ -151,22 +153,33 @@ class Sampler:
         if space.z_size and self.model.backend.has_decoder:
             v[:, : space.y_size] = space.decode(self.model.backend, x, v[:, space.y_size :])
             space.project(v)
-        free = np.ones_like(v)
-        known = np.zeros((len(v), space.y_size), np.float32)
-        at = 0
-        for job, c, r in zip(jobs, per_x, rows, strict=True):
-            if job.y_mask is not None and job.y_known is not None:
-                free[at : at + r, : space.y_size] = 1 - np.repeat(job.y_mask, c, axis=0)
-                known[at : at + r] = np.repeat(job.y_known, c, axis=0)
-            at += r
-        clamped = free[:, : space.y_size] == 0
-        v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
-        step = per_row([j.params.step_size for j in jobs], rows)
-        temperature = per_row([j.params.temperature for j in jobs], rows)
+        free = known = None
+        if any(job.y_mask is not None for job in jobs):
+            free = np.ones_like(v)
+            known = np.zeros((len(v), space.y_size), np.float32)
+            at = 0
+            for job, c, r in zip(jobs, per_x, rows, strict=True):
+                if job.y_mask is not None and job.y_known is not None:
+                    free[at : at + r, : space.y_size] = 1 - np.repeat(job.y_mask, c, axis=0)
+                    known[at : at + r] = np.repeat(job.y_known, c, axis=0)
+                at += r
+            clamped = free[:, : space.y_size] == 0
+            v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+        zero = per_row([0.0] * len(jobs), rows)
+        columns = {
+            "explore": zero,
+            "refine": zero,
+            "lr0": zero,
+            "h": per_row([j.params.step_size for j in jobs], rows),
+            "temperature": per_row([j.params.temperature for j in jobs], rows),
+            "sigma0": zero,
+        }
+        st = RowState.empty_optimiser(v, columns, x=x, labels=labels, free=free, known=known)
         job_labels = None if labels is None else np.split(labels[:, 0], np.cumsum(rows)[:-1])
         kept: list[list[tuple[Array, Array]]] = [[] for _ in jobs]  # (v, energy) per state
         paths: list[list[Array]] = [[] for _ in jobs]
-        live = list(range(len(jobs)))  # jobs whose rows are in the arrays, in order
+        live = list(range(len(jobs)))  # jobs whose rows are in the state, in order
+        uniform = np.ones(len(v), np.float32)  # drawn with each proposal, for its acceptance
         t = 0
         while True:
             staying = [
@@ -176,29 +189,36 @@ class Sampler:
                 keep = np.concatenate(
                     [np.full(rows[j], j in staying) for j in live]  # live order = row order
                 )
-                v, free, known, clamped = v[keep], free[keep], known[keep], clamped[keep]
-                step, temperature = step[keep], temperature[keep]
-                x = None if x is None else x[keep]
-                labels = None if labels is None else labels[keep]
+                st.keep(np.flatnonzero(keep))
+                uniform = uniform[keep]
                 live = staying
             if not live:
                 break
-            out = self.model.backend.energy(space.energy_inputs(v, x, labels), grad=True)
-            g = space.join_grads(out.grads, len(v)) * free
+            out = self.model.backend.energy(space.energy_inputs(st.v, st.x, st.labels), grad=True)
+            g = space.join_grads(out.grads, len(st.v))
+            if st.free is not None:
+                g = g * st.free
+            if t == 0:  # the starts
+                st.a, st.e_a, st.g_a = st.v.copy(), out.energy.copy(), g
+            else:
+                burn_in = np.repeat(
+                    [t <= jobs[j].params.steps for j in live], [rows[j] for j in live]
+                )
+                chain.accept(st, slice(None), out.energy, g, uniform, adapt=burn_in)
             at = 0
             for j in live:
                 p, part = jobs[j].params, slice(at, at + rows[j])
                 at += rows[j]
                 if p.return_trajectory:
-                    paths[j].append(v[part, : space.y_size].copy())
+                    paths[j].append(st.a[part, : space.y_size].copy())
                 if t >= p.steps and (t - p.steps) % p.thin == 0:
-                    kept[j].append((v[part].copy(), out.energy[part].copy()))
-            xi = np.concatenate(
-                [self.rngs[j].standard_normal((rows[j], space.dim), dtype=np.float32) for j in live]
-            )
-            v = v - step * g + np.sqrt(2 * step * temperature) * xi * free
-            space.project(v)
-            v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+                    kept[j].append((st.a[part].copy(), st.e_a[part].copy()))
+            xi, u = [], []
+            for j in live:  # each job's draws from its own generator: normals, then uniforms
+                xi.append(self.rngs[j].standard_normal((rows[j], space.dim), dtype=np.float32))
+                u.append(self.rngs[j].random(rows[j], dtype=np.float32))
+            uniform = np.concatenate(u)
+            chain.propose(st, slice(None), np.concatenate(xi), space)
             t += 1
         return [
             None

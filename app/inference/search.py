@@ -1,19 +1,19 @@
 """Energy-minimising search for many jobs at once: propose -> refine -> re-score.
 
-All candidates of all jobs in a batch are rows of one array ``v [R, D]`` (see ``space``);
-every step makes one backend call for every live row, whatever job it belongs to, so
-concurrent requests share the per-call cost. Per-row settings (step size, noise, steps) are
-arrays, so jobs with different settings still share a batch.
+All candidates of all jobs in a batch are rows of one state (``steppers.rows``): every
+step makes one backend call for every live row, whatever job it belongs to, so concurrent
+requests share the per-call cost. The method is a :class:`Stepper` (the loop never asks
+which); each row's settings are columns, so jobs with different settings share a batch.
 
 Reproducibility: each job draws its starts and noise from its own generator seeded by its
-seed, in the same order whether it runs alone or with others; rows never mix across jobs.
-With a backend whose rows do not depend on the batch around them (checked at load), a
-seeded job therefore gives the same bits alone or coalesced.
+seed, in the same order whether it runs alone or with others; rows never mix across jobs,
+and every per-row computation is elementwise. With a backend whose rows do not depend on
+the batch around them (checked at load), a seeded job therefore gives the same bits alone
+or coalesced, and admitted at any step of a running search.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,16 +23,15 @@ import numpy as np
 from app.inference.batch import per_row
 from app.inference.control import Control, seconds_left
 from app.inference.modes import merge_seconds
-from app.inference.params import SearchParams
+from app.inference.params import SearchParams, converged_distance
 from app.inference.space import Space
+from app.inference.spread import energy_spread
+from app.inference.steppers import descent
+from app.inference.steppers.rows import RowState
+from app.inference.steppers.stepper import STEPPERS, Plan, StepView
 from app.registry.backends.base import Array
 from app.registry.loader import LoadedModel
 
-ADAM_BETAS = (0.9, 0.99)  # second-moment memory ~100 steps, the length of a typical run
-FINAL_STEP_SHARE = 0.01  # every schedule decays the step to 1% of step_size
-LANGEVIN_MOVE_CLIP = 0.1  # a Langevin move is clipped to this share of each bound's width
-LANGEVIN_REFINE_SHARE = 0.5  # noise-free steps after the chain, as a share of its steps
-DFO_SHRINK = 0.5  # the resampling noise halves every iteration
 MIN_STEPS_BEFORE_TOL = 5  # a flat start must not look converged before it has moved
 
 
@@ -54,12 +53,15 @@ class SearchJob:
 
 @dataclass
 class Candidates:
-    """A finished job's candidates, ``[N, S, ...]``, re-scored at their final positions."""
+    """A finished job's candidates, ``[N, S, ...]``, at their final (best accepted) points."""
 
     y: Array  # [N, S, Dy]
     z: Array | None  # [N, S, Dz] continuous or [N, S] labels
     energy: Array  # [N, S]
-    grad_norm: Array | None  # [N, S]; None for gradient-free methods
+    grad_norm: Array | None  # [N, S]; None where no gradient was taken
+    converged: np.ndarray | None  # [N, S] bool: stationary (see params.converged_distance)
+    distance: Array | None  # [N, S] estimated distance to a stationary point (inf unknown)
+    energy_scale: Array  # [N] spread (mean - min) of each x's starting energies; 0 unknown
     trajectory: Array | None  # [T, N, S, Dy] with return_trajectory
     steps_run: int
     evaluations: int
@@ -70,42 +72,23 @@ class Candidates:
 @dataclass
 class _Segment:
     job: SearchJob
+    plan: Plan
     start: int
     stop: int
     rng: np.random.Generator
-    steps: int
     done: bool = False
     dropped: bool = False  # cancelled or expired with nobody left to answer: no result
     finish_s: float = 0.0  # kept before the deadline for post-processing (the merge)
     frozen_any: bool = False  # some of its x have converged and stopped searching
     partial: bool = False
-    steps_run: int = 0
     evaluations: int = 0
     trajectory: list[Array] = field(default_factory=list)
-    t: int = 0  # its own step count: jobs admitted mid-run are at different steps
+    t: int = 0  # its own evaluation count: jobs admitted mid-run are at different steps
     started: float = field(default_factory=time.monotonic)
-    adam: Array | None = None  # gd: (step size, bias corrections) per step, see _adam_table
 
-
-def _adam_table(step_size: float, steps: int) -> Array:
-    """A gd job's whole schedule, ``[steps, 3]`` float32: its step size (cosine decay) and
-    Adam's bias corrections 1 - beta^(t+1) at every step t. Computed once, per job, in
-    float64 from that job alone: a step then reads one row instead of recomputing per job,
-    and the bits do not depend on which jobs share the batch."""
-    b1, b2 = ADAM_BETAS
-    return np.array(
-        [
-            (step_size * _cosine_decay(t, steps), 1 - b1 ** (t + 1), 1 - b2 ** (t + 1))
-            for t in range(max(steps, 1))
-        ],
-        dtype=np.float32,
-    )
-
-
-def _cosine_decay(t: int, steps: int) -> float:
-    """From 1 at step 0 to FINAL_STEP_SHARE at the last step."""
-    frac = min(t / max(steps, 1), 1.0)
-    return FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (1 + math.cos(math.pi * frac))
+    @property
+    def steps(self) -> int:
+        return self.plan.steps
 
 
 def _repeat_rows(a: Array, times: int) -> Array:
@@ -115,22 +98,17 @@ def _repeat_rows(a: Array, times: int) -> Array:
 class Search:
     """One batch of jobs of one method on one model."""
 
-    free: Array | None  # [R, D]: 0 where a component is clamped (fill in the blanks)
-    known: Array  # [R, Dy]: the clamped values (with free)
-    frozen: np.ndarray  # [R] bool: rows of an x that has converged
-
     def __init__(self, model: LoadedModel, jobs: list[SearchJob]) -> None:
         self.model = model
         self.space = Space.of(model.manifest)
         self.method = jobs[0].params.method
+        self.stepper = STEPPERS[self.method]
         self.segments: list[_Segment] = []
         at = 0
         for job in jobs:
-            steps = job.params.steps
-            if self.method == "langevin":
-                steps += max(1, math.ceil(steps * LANGEVIN_REFINE_SHARE)) if steps else 0
             rng = np.random.default_rng(job.params.seed)
-            segment = _Segment(job, at, at + job.rows, rng, steps)
+            plan = self.stepper.plan(job.params)
+            segment = _Segment(job, plan, at, at + job.rows, rng)
             # Time to keep for merging its candidates into modes after the search (at most
             # half its budget: the search itself gets at least the other half).
             merge_s = job.rows_x * merge_seconds(job.params.k, job.params.num_starts)
@@ -138,29 +116,18 @@ class Search:
             self.segments.append(segment)
             at += job.rows
         self.rows = at
-        self._init_rows()
+        self.state = self._start_rows()
+        self._index_blocks()
         self._results: dict[int, Candidates] = {}  # by segment, until delivered and compacted
         self._last_step_s = 0.0
 
     # --- iteration-level admission ------------------------------------------------------
-    #: Per-row arrays, in row order; admit() appends to them and compact() filters them.
-    _ROW_ARRAYS = ("v", "m1", "m2", "x", "labels", "step_size", "noise", "refine_step", "steps")
-
     def admit(self, jobs: list[SearchJob]) -> None:
         """Add jobs at a step boundary: their rows are set up exactly as if they had started
         a search of their own (same generator draws), then join every later backend call."""
         newcomer = Search(self.model, jobs)
         offset = self.rows
-        for name in self._ROW_ARRAYS:
-            mine, theirs = getattr(self, name), getattr(newcomer, name)
-            if mine is not None:
-                setattr(self, name, np.concatenate([mine, theirs]))
-        if self.free is not None or newcomer.free is not None:
-            mine_free, mine_known = self._clamping()
-            their_free, their_known = newcomer._clamping()
-            self.free = np.concatenate([mine_free, their_free])
-            self.known = np.concatenate([mine_known, their_known])
-        self.frozen = np.concatenate([self.frozen, newcomer.frozen])
+        self.state.extend(newcomer.state)
         for segment in newcomer.segments:
             segment.start += offset
             segment.stop += offset
@@ -185,13 +152,7 @@ class Search:
             if keep
             else np.zeros(0, np.intp)
         )
-        for name in self._ROW_ARRAYS:
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value[rows])
-        if self.free is not None:
-            self.free, self.known = self.free[rows], self.known[rows]
-        self.frozen = self.frozen[rows]
+        self.state.keep(rows)
         at = 0
         for s in keep:
             size = s.stop - s.start
@@ -208,16 +169,16 @@ class Search:
         return any(not self._finished(i) for i in range(len(self.segments)))
 
     # --- set-up -------------------------------------------------------------------------
-    def _per_row(self, value: Callable[[SearchJob], float]) -> Array:
-        return per_row(
-            [value(s.job) for s in self.segments], [s.stop - s.start for s in self.segments]
-        )
+    def _column(self, value: Callable[[_Segment], float]) -> Array:
+        return per_row([value(s) for s in self.segments], [s.stop - s.start for s in self.segments])
 
-    def _init_rows(self) -> None:
+    def _start_rows(self) -> RowState:
+        """The starts (the stepper's proposals: uniform in the bounds, or every label), each
+        job's settings as columns, clamped components fixed."""
         space, manifest = self.space, self.model.manifest
-        self.x = None
+        x = None
         if manifest.x is not None:
-            self.x = np.concatenate(
+            x = np.concatenate(
                 [_repeat_rows(s.job.x, s.job.params.num_starts) for s in self.segments]  # type: ignore[arg-type]
             )
         if self.method == "enumerate":
@@ -225,23 +186,20 @@ class Search:
                 np.tile(np.arange(s.job.params.num_starts, dtype=np.float32), s.job.rows_x)
                 for s in self.segments
             ]
-            self.v = np.concatenate(labels)[:, None]
+            v = np.concatenate(labels)[:, None]
         else:
-            self.v = np.concatenate([space.sample(s.rng, s.stop - s.start) for s in self.segments])
+            v = np.concatenate([space.sample(s.rng, s.stop - s.start) for s in self.segments])
         # A discrete latent is assigned, not searched: starts cycle through its labels.
-        self.labels = None
+        z_labels = None
         if space.z_labels:
-            self.labels = np.concatenate(
+            z_labels = np.concatenate(
                 [np.arange(s.stop - s.start) % space.z_labels for s in self.segments]
             ).astype(np.float32)[:, None]
         if space.z_size and self.model.backend.has_decoder and self.method != "enumerate":
             # Latent models with a decoder start on their manifold: y = Dec(x, z0).
-            self.v[:, : space.y_size] = space.decode(
-                self.model.backend, self.x, self.v[:, space.y_size :]
-            )
-            space.project(self.v)
-        # Clamped components (fill in the blanks): values fixed, gradients zeroed.
-        self.free = None
+            v[:, : space.y_size] = space.decode(self.model.backend, x, v[:, space.y_size :])
+            space.project(v)
+        free = known = None
         if any(s.job.y_mask is not None for s in self.segments):
             free = np.ones((self.rows, space.dim), np.float32)
             known = np.zeros((self.rows, space.y_size), np.float32)
@@ -251,21 +209,22 @@ class Search:
                     observed = _repeat_rows(s.job.y_mask.astype(np.float32), reps)
                     free[s.start : s.stop, : space.y_size] = 1.0 - observed
                     known[s.start : s.stop] = _repeat_rows(s.job.y_known, reps)
-            self.free, self.known = free, known
-            self._clamp(slice(None))
-        self.step_size = self._per_row(lambda j: j.params.step_size)
-        self.noise = self._per_row(lambda j: j.params.noise_scale)
-        self.refine_step = self._per_row(lambda j: j.params.refine_step_size)
-        self.steps = self._per_row(lambda j: float(j.params.steps))
-        self.m1 = np.zeros_like(self.v)
-        self.m2 = np.zeros_like(self.v)
-        self.frozen = np.zeros(self.rows, bool)  # rows of x that have converged
-        self._index_blocks()
+            clamped = free[:, : space.y_size] == 0
+            v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+        columns = {
+            "explore": self._column(lambda s: float(s.plan.explore)),
+            "refine": self._column(lambda s: float(s.plan.refine)),
+            "lr0": self._column(lambda s: s.plan.lr0),
+            "h": self._column(lambda s: s.plan.h),
+            "temperature": self._column(lambda s: s.plan.temperature),
+            "sigma0": self._column(lambda s: s.plan.sigma0),
+        }
+        return RowState.empty_optimiser(v, columns, x=x, labels=z_labels, free=free, known=known)
 
     def _index_blocks(self) -> None:
         """Blocks: one x's starts within one job (contiguous rows), each stopping on its own:
-        for every row its block, and for every block its job, first row, size, tol."""
-        block, segment, first, size, tol, chain = [], [], [], [], [], []
+        for every row its block, and for every block its job, first row, size, threshold."""
+        block, segment, first, size, limit, by_grad = [], [], [], [], [], []
         count = 0
         for i, s in enumerate(self.segments):
             n, starts = s.job.rows_x, s.job.params.num_starts
@@ -273,45 +232,74 @@ class Search:
             segment.append(np.full(n, i))
             first.append(s.start + starts * np.arange(n))
             size.append(np.full(n, starts))
-            tol.append(np.full(n, s.job.params.tol if s.job.params.tol > 0 else -np.inf))
-            chain.append(np.full(n, s.job.params.steps))
+            tol = s.job.params.tol
+            # tol unset: stationary by distance; tol > 0: by gradient norm; 0: never early
+            if tol is None:
+                limit.append(np.full(n, converged_distance(self.model.manifest)))
+            else:
+                limit.append(np.full(n, tol if tol > 0 else -np.inf))
+            by_grad.append(np.full(n, tol is not None))
             count += n
         self.block = np.concatenate(block)
         self.block_ids = np.arange(count)
-        self.block_starts = np.concatenate(first)  # rows are in block order from row 0
         self.block_segment = np.concatenate(segment)
         self.block_first_row = np.concatenate(first)
         self.block_rows = np.concatenate(size)
-        self.block_tol = np.concatenate(tol)
-        self.block_chain_steps = np.concatenate(chain)
-
-    def _clamping(self) -> tuple[Array, Array]:
-        """(free, known) of every row; all free when no job clamps anything."""
-        if self.free is not None:
-            return self.free, self.known
-        free = np.ones((self.rows, self.space.dim), np.float32)
-        return free, np.zeros((self.rows, self.space.y_size), np.float32)
-
-    def _clamp(self, rows: slice | np.ndarray) -> None:
-        if self.free is not None:
-            y = self.v[rows, : self.space.y_size]
-            clamped = self.free[rows, : self.space.y_size] == 0
-            self.v[rows, : self.space.y_size] = np.where(clamped, self.known[rows], y)
+        self.block_limit = np.concatenate(limit)
+        self.block_by_grad = np.concatenate(by_grad)
 
     # --- evaluation -------------------------------------------------------------------
-    def _inputs(self, rows: slice | np.ndarray) -> dict[str, Array]:
-        x = None if self.x is None else self.x[rows]
-        labels = None if self.labels is None else self.labels[rows]
-        return self.space.energy_inputs(self.v[rows], x, labels)
-
     def _evaluate(self, rows: slice | np.ndarray, grad: bool) -> tuple[Array, Array | None]:
-        out = self.model.backend.energy(self._inputs(rows), grad)
+        st = self.state
+        x = None if st.x is None else st.x[rows]
+        labels = None if st.labels is None else st.labels[rows]
+        inputs = self.space.energy_inputs(st.v[rows], x, labels)
+        out = self.model.backend.energy(inputs, grad)
         if not grad:
             return out.energy, None
         g = self.space.join_grads(out.grads, len(out.energy))
-        if self.free is not None:
-            g = g * self.free[rows]
+        if st.free is not None:
+            g = g * st.free[rows]
         return out.energy, g
+
+    def _view(
+        self, live: list[_Segment], counts: list[int], rows: slice | np.ndarray, grad: bool
+    ) -> StepView:
+        """Score the live rows and draw each job's randomness for this step."""
+        energy, g = self._evaluate(rows, grad)
+        t = np.repeat(np.array([s.t for s in live]), counts)
+        wants = [self.stepper.draws(s.t, s.plan) for s in live]
+        uniform = normal = None
+        if any(u for u, _ in wants):  # in order per job: its uniforms, then its normals
+            uniforms, normals = [], []
+            dim = self.space.dim
+            for s, n, (u, z) in zip(live, counts, wants, strict=True):
+                uniforms.append(s.rng.random(n, dtype=np.float32) if u else np.ones(n, np.float32))
+                normals.append(
+                    s.rng.standard_normal((n, dim), dtype=np.float32)
+                    if z
+                    else np.zeros((n, dim), np.float32)
+                )
+            uniform, normal = np.concatenate(uniforms), np.concatenate(normals)
+        elif any(z for _, z in wants):  # the first exploration step: normals only
+            normal = np.concatenate(
+                [
+                    s.rng.standard_normal((n, self.space.dim), dtype=np.float32)
+                    if z
+                    else np.zeros((n, self.space.dim), np.float32)
+                    for s, n, (_, z) in zip(live, counts, wants, strict=True)
+                ]
+            )
+        block = self.block if isinstance(rows, slice) else self.block[rows]
+        return StepView(
+            ix=rows,
+            t=t,
+            block=block,
+            energy=energy,
+            grad=g,
+            uniform=uniform,
+            normal=normal,
+        )
 
     # --- the loop ---------------------------------------------------------------------
     def run(
@@ -338,7 +326,6 @@ class Search:
         caller gone (cancelled or expired: it leaves with no result); each stopped job is
         re-scored and handed to ``deliver(segment index, candidates)``. Then every live row
         takes one step, in one backend call. Returns whether any job is still live."""
-        gradient_free = self.method in ("dfo", "enumerate")
         now = time.monotonic()
         wall = time.time()  # deadlines are wall-clock (see Control)
         margin = max(margin_s, 3 * self._last_step_s)
@@ -358,8 +345,7 @@ class Search:
             if s.done and not s.dropped and i not in self._results
         ]
         if stopped:
-            finished = self._finish(stopped, gradient_free)
-            for i, candidates in zip(stopped, finished, strict=True):
+            for i, candidates in zip(stopped, self._finish(stopped), strict=True):
                 self._results[i] = candidates
                 deliver(i, candidates)
         live = [s for s in self.segments if not s.done]
@@ -369,26 +355,24 @@ class Search:
         rows = self._rows_of(live)
         for s in live:
             if s.job.params.return_trajectory:
-                s.trajectory.append(self.v[s.start : s.stop, : self.space.y_size].copy())
-        energy, g = self._evaluate(rows, grad=not gradient_free)
-        if self.method == "gd":
-            assert g is not None
-            self._adam_step(rows, live, counts, g)
-        elif self.method == "langevin":
-            assert g is not None
-            self._langevin_step(rows, live, counts, g)
-        elif self.method == "dfo":
-            self._dfo_step(live, energy)
-        # Convergence is checked only where it can stop something (tol > 0; past the first
-        # steps): one reduction over the rows, skipped entirely otherwise.
-        if g is not None and any(
-            s.job.params.tol > 0 and s.t + 1 >= MIN_STEPS_BEFORE_TOL for s in live
+                v = self.state.v[s.start : s.stop, : self.space.y_size]
+                s.trajectory.append(v.copy())
+        grad = any(self.stepper.needs_gradient(s.t, s.plan) for s in live)
+        view = self._view(live, counts, rows, grad)
+        starting = view.where(view.t == 0)
+        if starting is not None:
+            self.state.e0[starting.ix] = starting.energy
+            self.stepper.begin(self.state, starting)
+        self.stepper.accept(self.state, view, self.space)
+        # Convergence is checked only where it can stop something: in the descent, past its
+        # first steps, for jobs whose tol allows it; one reduction over the rows.
+        if any(
+            s.job.params.tol != 0 and s.t + 1 >= s.plan.explore + MIN_STEPS_BEFORE_TOL for s in live
         ):
-            norms = self.space.stationarity(self.v[rows], g)
-            self._stop_converged(live, rows, norms)
+            self._stop_converged(live, rows)
+        self.stepper.propose(self.state, view, self.space)
         for s, n in zip(live, counts, strict=True):
             s.t += 1
-            s.steps_run += 1
             s.evaluations += n
         self._last_step_s = time.monotonic() - now
         return True
@@ -396,232 +380,113 @@ class Search:
     def _live_rows(self, s: _Segment) -> np.ndarray:
         """The rows of a running job still searching: those of its x not yet converged."""
         rows = np.arange(s.start, s.stop)
-        return rows[~self.frozen[s.start : s.stop]] if s.frozen_any else rows
+        return rows[~self.state.frozen[s.start : s.stop]] if s.frozen_any else rows
 
     def _searching(self, s: _Segment) -> int:
         """How many of a running job's rows still search."""
         if not s.frozen_any:
             return s.stop - s.start
-        return int((~self.frozen[s.start : s.stop]).sum())
+        return int((~self.state.frozen[s.start : s.stop]).sum())
 
     def _rows_of(self, live: list[_Segment]) -> slice | np.ndarray:
         if len(live) == len(self.segments) and not any(s.frozen_any for s in live):
             return slice(None)
         return np.concatenate([self._live_rows(s) for s in live])
 
-    def _stop_converged(self, live: list[_Segment], rows: slice | np.ndarray, norms: Array) -> None:
-        """Each x of a job stops searching once every one of its starts is stationary
-        (norms from before the step just taken: the step only moved it closer); the job
-        stops when all its x have. A Langevin chain is never cut short: only its
-        noise-free finish stops early. One pass over all rows: the searching rows are
-        whole blocks of one x's starts, in order, so a reduceat finds each x's worst."""
+    def _metric(self, rows: slice | np.ndarray) -> Array:
+        """Per row, what its x's threshold is compared with: the anchor's estimated distance
+        to a stationary point, or its gradient norm where the job set an absolute tol."""
+        st = self.state
+        dist = st.dist[rows]
+        if not self.block_by_grad.any():
+            return dist
+        norms = self.space.stationarity(st.a[rows], st.g_a[rows])
+        return np.where(self.block_by_grad[self.block[rows]], norms, dist)
+
+    def _stop_converged(self, live: list[_Segment], rows: slice | np.ndarray) -> None:
+        """Each x of a job stops searching once every one of its starts is stationary; the
+        job stops when all its x have. One pass over all rows: the searching rows are whole
+        blocks of one x's starts, in order, so a reduceat finds each x's worst."""
+        metric = self._metric(rows)
         if isinstance(rows, slice):  # every row searching: the boundaries are known
-            firsts, ids = self.block_starts, self.block_ids
+            firsts, ids = self.block_first_row, self.block_ids
         else:
             blocks = self.block[rows]
             firsts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
             ids = blocks[firsts]
-        flat = np.maximum.reduceat(norms, firsts) < self.block_tol[ids]
-        block_t = np.array([s.t for s in self.segments])[self.block_segment[ids]]
-        flat &= block_t + 1 >= MIN_STEPS_BEFORE_TOL  # a flat start must move first
-        if self.method == "langevin":
-            flat &= block_t >= self.block_chain_steps[ids]
+        flat = np.maximum.reduceat(metric, firsts) <= self.block_limit[ids]
+        segments = self.block_segment[ids]
+        t = np.array([s.t for s in self.segments])[segments]
+        explore = np.array([s.plan.explore for s in self.segments])[segments]
+        flat &= t + 1 >= explore + MIN_STEPS_BEFORE_TOL  # a flat start must move first
         if not flat.any():
             return
         for block in ids[flat]:
             first = self.block_first_row[block]
-            self.frozen[first : first + self.block_rows[block]] = True
+            self.state.frozen[first : first + self.block_rows[block]] = True
             self.segments[self.block_segment[block]].frozen_any = True
         for s in live:
-            if s.frozen_any and self.frozen[s.start : s.stop].all():
+            if s.frozen_any and self.state.frozen[s.start : s.stop].all():
                 s.done = True
 
-    @staticmethod
-    def _per_job(values: list[float], counts: list[int]) -> np.float32 | Array:
-        """One float32 per job, computed by the caller in float64 from that job alone (so
-        its bits do not depend on company): a scalar when all agree, else ``[r, 1]``."""
-        per_job = [np.float32(v) for v in values]
-        if all(v == per_job[0] for v in per_job):
-            return per_job[0]
-        return per_row(per_job, counts)
-
-    def _step_sizes(self, live: list[_Segment], counts: list[int]) -> np.float32 | Array:
-        """Each job's step at its own step count (cosine decay to 1%)."""
-        return self._per_job(
-            [s.job.params.step_size * _cosine_decay(s.t, s.job.params.steps) for s in live],
-            counts,
-        )
-
-    def _adam_step(
-        self, rows: slice | np.ndarray, live: list[_Segment], counts: list[int], g: Array
-    ) -> None:
-        for s in live:
-            if s.adam is None:
-                s.adam = _adam_table(s.job.params.step_size, s.job.params.steps)
-        table = np.stack([s.adam[s.t] for s in live])  # type: ignore[index]
-        if len(live) == 1 or (table == table[0]).all():  # one schedule: scalars
-            lr, bias1, bias2 = table[0]
-            self._adam_move(rows, g, bias1, bias2, lr)
-            return
-        per_row = np.repeat(table, counts, axis=0)
-        self._adam_move(rows, g, per_row[:, 1:2], per_row[:, 2:3], per_row[:, 0:1])
-
-    def _adam_move(
-        self,
-        rows: slice | np.ndarray,
-        g: Array,
-        bias1: np.floating | Array,
-        bias2: np.floating | Array,
-        lr: np.floating | Array,
-    ) -> None:
-        """One Adam step of size ``lr`` with bias corrections 1 - beta^(t+1), projected."""
-        b1, b2 = ADAM_BETAS
-        if isinstance(rows, slice):  # every row live: update the moments in place
-            m1, m2 = self.m1, self.m2
-            m1 *= b1
-            m1 += (1 - b1) * g
-            m2 *= b2
-            m2 += (1 - b2) * g * g
-        else:
-            m1 = b1 * self.m1[rows] + (1 - b1) * g
-            m2 = b2 * self.m2[rows] + (1 - b2) * g * g
-            self.m1[rows], self.m2[rows] = m1, m2
-        m1_hat = m1 / bias1
-        m2_hat = m2 / bias2
-        move = lr * m1_hat / (np.sqrt(m2_hat) + 1e-12)
-        self._move(rows, move.astype(np.float32, copy=False), sign=-1.0)
-
-    def _move(self, rows: slice | np.ndarray, delta: Array, sign: float) -> None:
-        if isinstance(rows, slice):
-            if sign < 0:
-                self.v -= delta
-            else:
-                self.v += delta
-            self.space.project(self.v)
-        else:
-            v = self.v[rows] - delta if sign < 0 else self.v[rows] + delta
-            self.v[rows] = self.space.project(v)
-        self._clamp(rows)
-
-    def _noise(self, live: list[_Segment], counts: list[int] | None = None) -> Array:
-        """Standard normal draws ``[r, D]``, each job's from its own generator (one row per
-        searching row of the job: ``counts``, default all its rows)."""
-        counts = counts if counts is not None else [s.stop - s.start for s in live]
-        draws = [
-            s.rng.standard_normal((n, self.space.dim), dtype=np.float32)
-            for s, n in zip(live, counts, strict=True)
-        ]
-        return np.concatenate(draws) if len(draws) > 1 else draws[0]
-
-    def _langevin_step(
-        self,
-        rows: slice | np.ndarray,
-        live: list[_Segment],
-        counts: list[int],
-        g: Array,
-    ) -> None:
-        """Implicit-BC style: a polynomially decaying step, a separate noise scale, a clip on
-        each move and on the bounds. The chain's ``steps`` are followed by noise-free Adam
-        refinement steps (started at the model's gd step size), which settle each sample at
-        the bottom of its valley."""
-        lr0, steps = self.step_size[rows], self.steps[rows]
-        t = per_row([float(s.t) for s in live], counts)  # each job's own step count
-        frac = np.minimum(t / np.maximum(steps - 1, 1.0), 1.0)
-        final = lr0 * FINAL_STEP_SHARE
-        lr = (lr0 - final) * (1 - frac) ** 2 + final
-        xi = self._noise(live, counts)
-        delta = -lr * g + self.noise[rows] * np.sqrt(2 * lr) * xi
-        clip = LANGEVIN_MOVE_CLIP * self.space.width
-        chain = (t < steps)[:, 0]
-        if chain.all():
-            self._move(rows, np.clip(delta, -clip, clip).astype(np.float32), sign=1.0)
-            return
-        index = np.arange(self.rows)[rows]
-        self._move(index[chain], np.clip(delta[chain], -clip, clip), sign=1.0)
-        refining = ~chain
-        t_ref = t[refining] - steps[refining]
-        refine_steps = np.maximum(np.ceil(steps[refining] * LANGEVIN_REFINE_SHARE), 1.0)
-        decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (
-            1 + np.cos(np.pi * np.minimum(t_ref / refine_steps, 1.0))
-        )
-        lr_ref = self.refine_step[rows][refining] * decay
-        b1, b2 = ADAM_BETAS
-        bias1 = (1 - b1 ** (t_ref.astype(np.float64) + 1)).astype(np.float32)
-        bias2 = (1 - b2 ** (t_ref.astype(np.float64) + 1)).astype(np.float32)
-        self._adam_move(index[refining], g[refining], bias1, bias2, lr_ref.astype(np.float32))
-
-    def _dfo_step(self, live: list[_Segment], energy: Array) -> None:
-        """Implicit-BC derivative-free step: resample each x's population in proportion to
-        softmax(-E/T), then jitter with a noise that halves every iteration. The population
-        is scored once more at the end (``_finish``), so the choice uses fresh energies."""
-        at = 0
-        targets, sources = [], []
-        for s in live:
-            n = s.stop - s.start
-            if s.t < s.steps:
-                starts, rows_x = s.job.params.num_starts, s.job.rows_x
-                logits = -energy[at : at + n].reshape(rows_x, starts).astype(np.float64)
-                logits /= s.job.params.temperature
-                p = np.exp(logits - logits.max(axis=1, keepdims=True))
-                cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
-                u = s.rng.random((rows_x, starts))
-                # Inverse-CDF sampling for all x at once: shift row i's CDF and draws by i.
-                shift = np.arange(rows_x)[:, None]
-                flat = np.searchsorted((cdf + shift).ravel(), (u + shift).ravel(), side="right")
-                pick = np.minimum(flat.reshape(rows_x, starts), (shift + 1) * starts - 1)
-                sources.append(s.start + pick)
-                targets.append(np.arange(s.start, s.stop))
-            at += n
-        if not targets:
-            return
-        target, source = np.concatenate(targets), np.concatenate([p.ravel() for p in sources])
-        self.v[target] = self.v[source]
-        if self.labels is not None:
-            self.labels[target] = self.labels[source]
-        resampling = [s for s in live if s.t < s.steps]
-        shrink = per_row(
-            [DFO_SHRINK**s.t for s in resampling], [s.stop - s.start for s in resampling]
-        )
-        scale = self.noise[target] * shrink  # noise_scale is in y's units
-        self._move(target, (scale * self._noise(resampling)).astype(np.float32), sign=1.0)
-
     # --- the end: re-score ------------------------------------------------------------
-    def _finish(self, indices: list[int], gradient_free: bool) -> list[Candidates]:
-        """Re-score the stopped jobs' candidates at their final positions (one call)."""
+    def _finish(self, indices: list[int]) -> list[Candidates]:
+        """Score the stopped jobs' last trials (one call), accept them or not: each
+        candidate is its row's best accepted point, with its energy and gradient."""
         segments = [self.segments[i] for i in indices]
         rows: slice | np.ndarray = slice(None)  # every row, the converged x's included
         if len(segments) < len(self.segments):
             rows = np.concatenate([np.arange(s.start, s.stop) for s in segments])
-        energy, g = self._evaluate(rows, grad=not gradient_free)
-        v = self.v[rows]
-        norms = None if g is None else self.space.stationarity(v, g)
-        labels = None if self.labels is None else self.labels[rows, 0]
+        grad = any(self.stepper.needs_gradient(s.t, s.plan) for s in segments)
+        energy, g = self._evaluate(rows, grad)
+        # The last trial is accepted by the descent's rule whatever the phase: a job stopped
+        # mid-exploration (at its deadline) keeps its state unless the trial is lower.
+        st = self.state
+        descent.accept(st, rows, energy, g, self.space)
+        a, e_a = st.a[rows], st.e_a[rows]
+        has_g = st.has_g[rows]
+        norms = self.space.stationarity(a, st.g_a[rows])
+        metric = self._metric(rows)
+        labels = None if st.labels is None else st.labels[rows, 0]
+        e0, dist = st.e0[rows], st.dist[rows]
         out, at = [], 0
         for s in segments:
             n, starts = s.job.rows_x, s.job.params.num_starts
             part = slice(at, at + s.stop - s.start)
             at += s.stop - s.start
-            y_flat = v[part, : self.space.y_size]
+            y_flat = a[part, : self.space.y_size]
             z: Array | None = None
             if self.space.z_size:
-                z = v[part, self.space.y_size :].reshape(n, starts, -1).copy()
+                z = a[part, self.space.y_size :].reshape(n, starts, -1).copy()
             elif labels is not None:
                 z = labels[part].reshape(n, starts).copy()
             trajectory = None
             if s.job.params.return_trajectory:
                 frames = [*s.trajectory, y_flat]
                 trajectory = np.stack(frames).reshape(len(frames), n, starts, -1)
+            gradient = bool(has_g[part].all())
+            tol = s.job.params.tol
+            limit = converged_distance(self.model.manifest) if tol is None else max(tol, 1e-12)
             out.append(
                 Candidates(
                     y=y_flat.reshape(n, starts, -1).copy(),
                     z=z,
-                    energy=energy[part].reshape(n, starts).copy(),
-                    grad_norm=None if norms is None else norms[part].reshape(n, starts).copy(),
+                    energy=e_a[part].reshape(n, starts).copy(),
+                    grad_norm=norms[part].reshape(n, starts).copy() if gradient else None,
+                    converged=(metric[part] <= limit).reshape(n, starts) if gradient else None,
+                    distance=dist[part].reshape(n, starts).copy() if gradient else None,
+                    energy_scale=_spread(e0[part].reshape(n, starts)),
                     trajectory=trajectory,
-                    steps_run=s.steps_run,
+                    steps_run=s.t,
                     evaluations=s.evaluations + (s.stop - s.start),
                     partial=s.partial,
                     elapsed_s=time.monotonic() - s.started,
                 )
             )
         return out
+
+
+def _spread(e0: Array) -> Array:
+    """Per x ``[N]`` of ``e0 [N, S]``: the spread of its starting energies (0 unknown)."""
+    firsts = np.arange(0, e0.size, e0.shape[1])
+    return energy_spread(e0.ravel(), firsts).astype(np.float32)

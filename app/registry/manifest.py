@@ -118,36 +118,33 @@ class InferenceDefaults(_Strict):
     """Defaults of the optimisation endpoints; requests may override each.
 
     ``num_starts``, ``steps``, ``step_size`` and ``noise_scale`` at the top level belong to
-    the default ``method``; ``methods`` holds them for other methods. A method the manifest
-    says nothing about gets the service's built-in settings for it.
+    the default ``method``; ``methods`` holds them for other methods. Whatever the manifest
+    leaves unset (None) the service derives from the variables' bounds, one policy for every
+    model (``app.inference.params``).
     """
 
     method: Literal["auto", "gd", "langevin", "dfo", "enumerate"] = "auto"
     k: int = Field(2, ge=1)
-    num_starts: int = Field(64, ge=1)
-    steps: int = Field(100, ge=0)
-    step_size: float = Field(0.05, gt=0)
-    noise_scale: float = Field(0.0, ge=0)
+    num_starts: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=0)
+    step_size: float | None = Field(None, gt=0)
+    noise_scale: float | None = Field(None, ge=0)
     temperature: float = Field(1.0, gt=0)
-    merge_radius: float = Field(0.1, gt=0)
-    tol: float = Field(
-        1e-3, ge=0, description="Stop early once every start's gradient norm is below this."
+    merge_radius: float | None = Field(
+        None, gt=0, description="Predictions closer than this are one mode; default from bounds."
+    )
+    tol: float | None = Field(
+        None,
+        ge=0,
+        description="Stop early once every start's gradient norm is below this (absolute); "
+        "unset: stop once every start is estimated within a small share of the bounds of a "
+        "stationary point, whatever the energy's scale.",
     )
     beta: float = Field(1.0, gt=0, description="Inverse temperature of the marginal free energy.")
     num_samples: int = Field(
         256, ge=1, description="Prior samples of a continuous z for the marginal free energy."
     )
     methods: dict[Method, MethodSettings] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _own_settings(self) -> InferenceDefaults:
-        # The field defaults suit gd; a manifest defaulting to another optimiser must say how
-        # it runs rather than inherit gd's numbers (no noise for Langevin, no jitter for dfo).
-        needed = {"num_starts", "steps", "step_size", "noise_scale"}
-        if self.method in ("langevin", "dfo") and not needed <= self.model_fields_set:
-            missing = ", ".join(sorted(needed - self.model_fields_set))
-            raise ValueError(f"default method {self.method} needs its own {missing}")
-        return self
 
 
 class Batching(_Strict):

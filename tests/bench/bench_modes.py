@@ -86,7 +86,7 @@ def point_scores(
 def ring_scores(found: np.ndarray, radius: float, tol: float, k: int) -> tuple[float, float, float]:
     """(coverage, precision, largest angular gap in degrees) of predictions on the circle."""
     r = np.hypot(found[:, 0], found[:, 1])
-    off = np.hypot(r - radius, found[:, 2])
+    off = np.hypot(r - radius, np.linalg.norm(found[:, 2:], axis=1))
     on = off <= tol
     angles = np.sort(np.degrees(np.arctan2(found[on, 1], found[on, 0])) % 360)
     if len(angles) == 0:
@@ -111,7 +111,7 @@ def run_cell(model: LoadedModel, land: Landscape, method: str, seeds: list[int])
         params = resolve(model.manifest, {"method": method, "seed": seed, "k": land.k})
         resolved = (
             f"{params.method}: starts {params.num_starts}, steps {params.steps}, "
-            f"step {params.step_size:g}, noise {params.noise_scale:g}, "
+            f"step {params.step_size:g}, noise {params.noise_scale}, "
             f"merge {params.merge_radius:g}"
         )
         xs = None if land.xs is None else land.xs.astype(np.float32)

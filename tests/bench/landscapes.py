@@ -14,7 +14,9 @@ Classes:
   edge, two centred outside the box (their constrained minimum is the projection);
 - ``gauss3d`` / ``gauss6d``: 5 wells in [-3, 3]^3 and 6 wells in [-3, 3]^6;
 - ``ring3d``: a continuum, the circle of radius 1.5 in the plane y2 = 0 of [-3, 3]^3;
-- ``moving``: conditional, three wells whose centres move with x0 in [-1, 1].
+- ``moving``: conditional, three wells whose centres move with x0 in [-1, 1];
+- the project's own search energies (``existing``): the double well, eight Gaussians and
+  the 2-D ring of tests/analytic.py, with the manifests their tests use.
 
 Minima that are not exactly a well's centre (overlapping tails, the bowl) are found by a
 float64 L-BFGS from the nominal centre; ``bounds`` minima are analytic.
@@ -34,6 +36,16 @@ from torch import nn
 from app.registry.loader import LoadedModel
 from app.registry.manifest import Card, InferenceDefaults, TensorSpec, Training
 from app.training.publish import publish
+from tests.analytic import (
+    GAUSSIAN_SIGMA,
+    RING_CENTRES,
+    RING_RADIUS,
+    DoubleWell,
+    EightGaussians,
+    Ring,
+    double_well_minima,
+    publish_search_models,
+)
 
 BOX = 3.0  # every y lies in [-BOX, BOX]^D
 PROBE_ROWS = 7  # differs from every per-row dimension and every well count
@@ -164,10 +176,15 @@ class Landscape:
     tols: np.ndarray  # [K] hit radius of each true mode
     x_dim: int | None = None
     xs: np.ndarray | None = None  # the x rows the benchmark asks about [N, x_dim]
-    ring_radius: float | None = None  # a continuum: the circle y0^2 + y1^2 = r^2, y2 = 0
+    ring_radius: float | None = None  # a continuum: the circle y0^2 + y1^2 = r^2 (rest 0)
     tol: float = 0.0  # the continuum's hit radius
+    #: an existing energy publishes itself, with the manifest its tests use
+    publisher: Callable[[Path], None] | None = None
 
-    def publish(self, models_dir: Path) -> LoadedModel:
+    def publish(self, models_dir: Path) -> LoadedModel | None:
+        if self.publisher is not None:
+            self.publisher(models_dir)
+            return None
         gen = torch.Generator().manual_seed(0)
         probe = {}
         x_spec = None
@@ -317,5 +334,54 @@ def moving() -> Landscape:
     )
 
 
+def existing() -> list[Landscape]:
+    """The project's own analytic search energies (tests/analytic.py), published as the
+    search tests publish them (their manifests set k, a merge radius and gd's step)."""
+    published: set[Path] = set()
+
+    def publisher(models_dir: Path) -> None:
+        if models_dir not in published:  # one call publishes all three
+            publish_search_models(models_dir)
+            published.add(models_dir)
+
+    xs = np.array([[-0.8], [-0.3], [0.0], [0.4], [0.9]])
+    return [
+        Landscape(
+            "double-well",
+            "((y0 - x0)^2 - 1)^2 + y1^2: minima (x0 -+ 1, 0), x0 in [-1, 1]",
+            DoubleWell(),
+            2,
+            2,
+            lambda x: double_well_minima(float(x[0])),  # type: ignore[index]
+            np.full(2, round(TOL_SHARE * 2 * BOX, 6)),
+            x_dim=1,
+            xs=xs,
+            publisher=publisher,
+        ),
+        Landscape(
+            "eight-gaussians",
+            "8 Gaussian wells (std 0.3) on a circle of radius 2",
+            EightGaussians(),
+            2,
+            8,
+            _fixed(RING_CENTRES),
+            well_tols(np.full(8, GAUSSIAN_SIGMA)),
+            publisher=publisher,
+        ),
+        Landscape(
+            "ring",
+            "(|y| - 1.5)^2: a circle of minima in 2-D, k = 16",
+            Ring(),
+            2,
+            16,
+            _fixed(np.zeros((0, 2))),
+            np.zeros(0),
+            ring_radius=RING_RADIUS,
+            tol=round(TOL_SHARE * 2 * BOX, 6),
+            publisher=publisher,
+        ),
+    ]
+
+
 def all_landscapes() -> list[Landscape]:
-    return [widths(), depths(), bounds(), gauss(3), gauss(6), ring3d(), moving()]
+    return [widths(), depths(), bounds(), gauss(3), gauss(6), ring3d(), moving(), *existing()]

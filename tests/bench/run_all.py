@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.bench import (
     bench_admission,
+    bench_backend,
     bench_energy,
     bench_large_body,
     bench_modes,
@@ -22,6 +23,7 @@ def main() -> int:
         ("reply path", bench_reply_path),
         ("large body", bench_large_body),
         ("admission", bench_admission),
+        ("backend call overhead", bench_backend),
         ("mode recovery", bench_modes),
     )
     for name, bench in benches:

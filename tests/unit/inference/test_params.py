@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from app.errors import InvalidInput
-from app.inference.params import resolve
+from app.inference.params import converged_distance, resolve
 from app.registry.manifest import (
     Artifact,
     Artifacts,
@@ -24,12 +24,7 @@ PLANE = TensorSpec(shape=[2], low=[-3.0, -3.0], high=[3.0, 3.0])  # width 6
 LABELS = TensorSpec(shape=[1], kind="discrete", num_classes=5)
 
 
-OWN_SETTINGS = {"num_starts": 32, "steps": 5, "step_size": 0.7, "noise_scale": 0.3}
-
-
 def manifest(y: TensorSpec = PLANE, **inference: Any) -> Manifest:
-    if inference.get("method") in ("langevin", "dfo"):  # these must state their settings
-        inference = OWN_SETTINGS | inference
     return Manifest(
         name="m",
         version=1,
@@ -89,33 +84,49 @@ def test_unusable_methods_are_refused_with_what_to_use(
         assert fragment in caught.value.message
 
 
-def test_a_manifest_defaulting_to_langevin_or_dfo_must_state_their_settings() -> None:
-    for method in ("langevin", "dfo"):
-        with pytest.raises(ValueError, match=f"default method {method} needs its own"):
-            InferenceDefaults(method=method, steps=3)
-    assert InferenceDefaults(method="dfo", **OWN_SETTINGS).steps == 5
+def test_a_silent_manifest_defaulting_to_langevin_or_dfo_gets_their_built_ins() -> None:
+    # no top-level settings: the default method runs with its own built-in ones, never gd's
+    assert optimiser(resolve(manifest(method="langevin"), {})) == (
+        512,
+        100,
+        pytest.approx(3.6e-4),
+        None,
+    )
+    assert optimiser(resolve(manifest(method="dfo"), {})) == (2048, 8, 1.0, pytest.approx(0.99))
+
+
+def test_unset_tol_and_merge_radius_come_from_the_bounds() -> None:
+    params = resolve(manifest(), {})
+    assert params.tol is None  # converged by estimated distance, not gradient units
+    assert params.merge_radius == pytest.approx(0.12)  # 2% of the width 6
+    assert converged_distance(manifest()) == pytest.approx(0.006)
 
 
 # --- precedence ---------------------------------------------------------------------------
 def test_built_in_settings_scale_with_the_bounds_of_y() -> None:
-    m = manifest(method="gd")  # the top-level settings belong to gd alone
-    assert optimiser(resolve(m, {"method": "langevin"})) == (64, 100, pytest.approx(0.036), 1.0)
+    m = manifest(method="gd", step_size=0.5)  # the top-level settings belong to gd alone
+    assert optimiser(resolve(m, {"method": "langevin"})) == (
+        512,
+        100,
+        pytest.approx(3.6e-4),
+        None,
+    )
     assert optimiser(resolve(m, {"method": "dfo"})) == (2048, 8, 1.0, pytest.approx(0.99))
     m = manifest(method="dfo")
-    assert optimiser(resolve(m, {"method": "gd"})) == (64, 100, pytest.approx(0.12), 0.0)
+    assert optimiser(resolve(m, {"method": "gd"})) == (512, 100, pytest.approx(0.12), 0.0)
 
 
 def test_built_in_scale_is_the_mean_bound_width() -> None:
     uneven = TensorSpec(shape=[2], low=[-1.0, 0.0], high=[1.0, 10.0])  # widths 2, 10: mean 6
     m = manifest(uneven, method="dfo")
     assert resolve(m, {"method": "gd"}).step_size == pytest.approx(0.12)
-    assert resolve(m, {"method": "langevin"}).step_size == pytest.approx(0.036)
+    assert resolve(m, {"method": "langevin"}).step_size == pytest.approx(3.6e-4)
 
 
 def test_unbounded_y_gets_unit_scale() -> None:
     m = manifest(TensorSpec(shape=[3]), method="dfo")
     assert resolve(m, {"method": "gd"}).step_size == pytest.approx(0.02)
-    assert resolve(m, {"method": "langevin"}).step_size == pytest.approx(1e-3)
+    assert resolve(m, {"method": "langevin"}).step_size == pytest.approx(1e-5)
     assert resolve(manifest(TensorSpec(shape=[3])), {"method": "dfo"}).noise_scale == (
         pytest.approx(0.165)
     )
@@ -125,7 +136,7 @@ def test_top_level_settings_apply_to_the_default_method_only() -> None:
     m = manifest(method="langevin", num_starts=7, steps=11, step_size=0.5, noise_scale=0.25)
     assert optimiser(resolve(m, {})) == (7, 11, 0.5, 0.25)
     assert optimiser(resolve(m, {"method": "langevin"})) == (7, 11, 0.5, 0.25)
-    assert optimiser(resolve(m, {"method": "gd"})) == (64, 100, pytest.approx(0.12), 0.0)
+    assert optimiser(resolve(m, {"method": "gd"})) == (512, 100, pytest.approx(0.12), 0.0)
     # "auto" in the manifest means gd for a continuous y: the top level is gd's
     m = manifest(method="auto", steps=11, step_size=0.5)
     assert optimiser(resolve(m, {}))[1:3] == (11, 0.5)
@@ -149,7 +160,12 @@ def test_per_method_settings_beat_the_top_level_and_the_built_ins() -> None:
     # dfo: its own fields, the rest built in (never the top level: that is gd's)
     assert optimiser(resolve(m, {"method": "dfo"})) == (99, 8, 1.0, 0.5)
     # langevin: nothing in the manifest, all built in
-    assert optimiser(resolve(m, {"method": "langevin"})) == (64, 100, pytest.approx(0.036), 1.0)
+    assert optimiser(resolve(m, {"method": "langevin"})) == (
+        512,
+        100,
+        pytest.approx(3.6e-4),
+        None,
+    )
 
 
 def test_the_request_beats_everything() -> None:

@@ -23,11 +23,11 @@ from app.inference.control import Control
 from app.inference.params import resolve
 from app.inference.predict import PredictOutcome, predict_runner
 from app.inference.search import (
-    LANGEVIN_REFINE_SHARE,
     MIN_STEPS_BEFORE_TOL,
     Search,
     SearchJob,
 )
+from app.inference.steppers.stepper import DFO_REFINE_STEPS, LANGEVIN_REFINE_SHARE
 from app.registry.loader import LoadedModel, Registry, load_registry
 from tests.analytic import (
     RING_CENTRES,
@@ -298,10 +298,11 @@ def test_a_job_at_its_deadline_comes_back_partial(
     assert len(cut.predictions) == 2
     assert all(math.isfinite(p["energy"]) for row in cut.predictions for p in row)
     # its batch mate was not cut short
-    # langevin follows its chain with noise-free refinement steps
-    refine = math.ceil(10 * LANGEVIN_REFINE_SHARE) if method == "langevin" else 0
+    # langevin follows its chains, and dfo its rounds, with a gradient descent
+    refine = {"langevin": math.ceil(10 * LANGEVIN_REFINE_SHARE), "dfo": DFO_REFINE_STEPS}
+    refine_steps = refine.get(method, 0)
     assert done.stats["partial"] is False
-    assert done.stats["steps_run"] == 10 + refine
+    assert done.stats["steps_run"] == 10 + refine_steps
 
 
 def test_tol_stops_the_search_once_every_start_is_flat(

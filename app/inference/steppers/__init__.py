@@ -1,0 +1,1 @@
+"""The optimisers behind /predict (and the chains behind /sample), one contract for all."""
