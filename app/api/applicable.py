@@ -21,7 +21,7 @@ from app.schemas import EnergyRequest, PredictRequest, SampleRequest
 METHOD_FIELDS: dict[str, frozenset[str]] = {
     "gd": frozenset({"num_starts", "steps", "step_size", "tol"}),
     "langevin": frozenset({"num_starts", "steps", "step_size", "noise_scale", "tol"}),
-    "dfo": frozenset({"num_starts", "steps", "noise_scale"}),
+    "dfo": frozenset({"num_starts", "steps", "noise_scale", "tol"}),  # tol: its descent
     "enumerate": frozenset(),
 }
 SEARCH_FIELDS = frozenset({"num_starts", "steps", "step_size", "noise_scale", "tol"})

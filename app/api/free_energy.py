@@ -21,6 +21,7 @@ from app.inference.params import resolve
 from app.inference.predict import PredictOutcome
 from app.inference.scoring import ScoreJob
 from app.inference.search import SearchJob
+from app.inference.steppers.stepper import planned_steps
 from app.registry.backends.base import Array, EnergyOutput
 from app.registry.manifest import Manifest
 from app.schemas import EnergyRequest
@@ -58,7 +59,7 @@ async def free_energy(
     response: dict[str, Any] = {"model": manifest.name, "version": manifest.version}
     if body.free_energy == "min" and manifest.z.kind == "continuous":
         params = resolve(manifest, {"method": "gd", "k": 1, "seed": seed})
-        check_cost(manifest, rows, params.num_starts, params.steps, settings, dispatcher)
+        check_cost(manifest, rows, params.num_starts, planned_steps(params), settings, dispatcher)
         y = inputs["y"].reshape(rows, -1)
         job = SearchJob(
             x=inputs.get("x"),

@@ -18,6 +18,7 @@ from app.dispatch.wire import Envelope
 from app.inference.params import resolve
 from app.inference.predict import PredictOutcome
 from app.inference.search import SearchJob
+from app.inference.steppers.stepper import planned_steps
 from app.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRoute)
@@ -42,7 +43,7 @@ async def predict(
     params = resolve(manifest, body.model_dump(exclude={"x", "y_known", "y_mask", "version"}))
     check_predict(manifest, body, params.method)
     given = search_inputs(manifest, body)
-    check_cost(manifest, given.rows, params.num_starts, params.steps, settings, dispatcher)
+    check_cost(manifest, given.rows, params.num_starts, planned_steps(params), settings, dispatcher)
     check_predict_size(manifest, given.rows, params, settings)
     job = SearchJob(
         x=given.x, rows_x=given.rows, params=params, y_known=given.y_known, y_mask=given.y_mask

@@ -19,6 +19,7 @@ from app.dispatch.base import Dispatcher
 from app.errors import InvalidInput, PayloadTooLarge
 from app.inference.params import SearchParams
 from app.inference.sampling import SampleParams
+from app.inference.steppers.stepper import planned_steps
 from app.registry.backends.base import Array
 from app.registry.manifest import Manifest
 from app.schemas import SearchFields
@@ -129,7 +130,7 @@ def check_predict_size(
     """/predict: k predictions per row (y, z?, energy, mass, converged), each with its
     path when asked; the search holds every start's path until the merge."""
     y_size, z_size = _sizes(manifest)
-    frames = params.steps + 1 if params.return_trajectory else 0
+    frames = planned_steps(params) + 1 if params.return_trajectory else 0
     k = min(params.k, params.num_starts)
     check_response_size(
         settings,

@@ -167,6 +167,7 @@ class Sampler:
             v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
         zero = per_row([0.0] * len(jobs), rows)
         columns = {
+            "lead": zero,
             "explore": zero,
             "refine": zero,
             "lr0": zero,

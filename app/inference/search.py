@@ -212,6 +212,7 @@ class Search:
             clamped = free[:, : space.y_size] == 0
             v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
         columns = {
+            "lead": self._column(lambda s: float(s.plan.lead)),
             "explore": self._column(lambda s: float(s.plan.explore)),
             "refine": self._column(lambda s: float(s.plan.refine)),
             "lr0": self._column(lambda s: s.plan.lr0),
@@ -249,12 +250,16 @@ class Search:
         self.block_by_grad = np.concatenate(by_grad)
 
     # --- evaluation -------------------------------------------------------------------
-    def _evaluate(self, rows: slice | np.ndarray, grad: bool) -> tuple[Array, Array | None]:
+    def inputs(self, rows: slice | np.ndarray) -> dict[str, Array]:
+        """The backend's inputs for the trial points of ``rows``."""
         st = self.state
         x = None if st.x is None else st.x[rows]
         labels = None if st.labels is None else st.labels[rows]
-        inputs = self.space.energy_inputs(st.v[rows], x, labels)
-        out = self.model.backend.energy(inputs, grad)
+        return self.space.energy_inputs(st.v[rows], x, labels)
+
+    def _evaluate(self, rows: slice | np.ndarray, grad: bool) -> tuple[Array, Array | None]:
+        st = self.state
+        out = self.model.backend.energy(self.inputs(rows), grad)
         if not grad:
             return out.energy, None
         g = self.space.join_grads(out.grads, len(out.energy))
@@ -353,10 +358,6 @@ class Search:
             return False
         counts = [self._searching(s) for s in live]
         rows = self._rows_of(live)
-        for s in live:
-            if s.job.params.return_trajectory:
-                v = self.state.v[s.start : s.stop, : self.space.y_size]
-                s.trajectory.append(v.copy())
         grad = any(self.stepper.needs_gradient(s.t, s.plan) for s in live)
         view = self._view(live, counts, rows, grad)
         starting = view.where(view.t == 0)
@@ -364,10 +365,14 @@ class Search:
             self.state.e0[starting.ix] = starting.energy
             self.stepper.begin(self.state, starting)
         self.stepper.accept(self.state, view, self.space)
+        for s in live:  # a path is its anchors: the start, then the point kept after each step
+            if s.job.params.return_trajectory:
+                s.trajectory.append(self.state.a[s.start : s.stop, : self.space.y_size].copy())
         # Convergence is checked only where it can stop something: in the descent, past its
         # first steps, for jobs whose tol allows it; one reduction over the rows.
         if any(
-            s.job.params.tol != 0 and s.t + 1 >= s.plan.explore + MIN_STEPS_BEFORE_TOL for s in live
+            s.job.params.tol != 0 and s.t + 1 >= s.plan.settles_from + MIN_STEPS_BEFORE_TOL
+            for s in live
         ):
             self._stop_converged(live, rows)
         self.stepper.propose(self.state, view, self.space)
@@ -417,7 +422,7 @@ class Search:
         flat = np.maximum.reduceat(metric, firsts) <= self.block_limit[ids]
         segments = self.block_segment[ids]
         t = np.array([s.t for s in self.segments])[segments]
-        explore = np.array([s.plan.explore for s in self.segments])[segments]
+        explore = np.array([s.plan.settles_from for s in self.segments])[segments]
         flat &= t + 1 >= explore + MIN_STEPS_BEFORE_TOL  # a flat start must move first
         if not flat.any():
             return

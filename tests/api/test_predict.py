@@ -63,7 +63,7 @@ def without_time(body: dict[str, Any]) -> dict[str, Any]:
 
 def test_response_shape_and_the_double_well_minima(api: Server) -> None:
     xs = [[0.2], [-0.6]]
-    body = ok(api, "double-well", {"x": xs, "seed": 3})
+    body = ok(api, "double-well", {"x": xs, "method": "gd", "seed": 3})
     assert set(body) == {"model", "version", "predictions", "stats"}
     assert (body["model"], body["version"]) == ("double-well", 1)
     assert len(body["predictions"]) == len(xs)  # one list per x
@@ -126,7 +126,7 @@ def test_concurrent_identical_seeded_requests_coalesce_and_agree(api: Server) ->
     The first request of a burst always runs alone (nothing is waiting yet); whether later
     ones coalesce depends on how they arrive while a search runs, which the OS schedules, so
     the burst is retried a few times until one reports coalesced_jobs > 1."""
-    request = {"x": [[0.3]], "seed": 99, "num_starts": 64, "steps": 300, "tol": 0}
+    request = {"x": [[0.3]], "method": "gd", "seed": 99, "num_starts": 64, "steps": 300, "tol": 0}
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
@@ -152,7 +152,14 @@ def test_trajectories_end_at_the_prediction(api: Server) -> None:
     body = ok(
         api,
         "double-well",
-        {"x": [[0.0], [0.4]], "seed": 5, "steps": 20, "tol": 0, "return_trajectory": True},
+        {
+            "x": [[0.0], [0.4]],
+            "method": "gd",
+            "seed": 5,
+            "steps": 20,
+            "tol": 0,
+            "return_trajectory": True,
+        },
     )
     assert body["stats"]["steps_run"] == 20
     for row in body["predictions"]:
@@ -264,7 +271,8 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(
 
 
 def test_the_search_cost_limit_comes_from_the_environment(cheap_server: Server) -> None:
-    response = post(cheap_server, "double-well", {"x": [[0.0], [0.5]], "num_starts": 10})
+    request = {"x": [[0.0], [0.5]], "method": "gd", "num_starts": 10}
+    response = post(cheap_server, "double-well", request)
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["type"] == "payload_too_large"
@@ -272,5 +280,5 @@ def test_the_search_cost_limit_comes_from_the_environment(cheap_server: Server) 
     assert "the limit is 1000" in message  # the configured limit
     assert "2 x 10 x 100 = 2000" in message  # what this search would have cost
     # at the limit is fine, and the server keeps serving
-    body = ok(cheap_server, "double-well", {"x": [[0.0], [0.5]], "num_starts": 10, "steps": 50})
+    body = ok(cheap_server, "double-well", {**request, "steps": 50})
     assert body["stats"]["candidates"] == 20

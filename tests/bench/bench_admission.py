@@ -109,7 +109,7 @@ def _step_overhead(rounds: int = 15, steps: int = 50) -> dict[str, float]:
     for seed in range(1, 32):
         search.advance(lambda i, found: None)
         search.admit([one(seed)])
-    inputs = search._inputs(slice(None))
+    inputs = search.inputs(slice(None))
     step_s, raw_s = [], []
     for _ in range(rounds):
         started = time.perf_counter()

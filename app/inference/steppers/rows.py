@@ -26,6 +26,7 @@ class RowState:
     dist: Array  # [R] estimated distance of the anchor to a stationary point (inf unknown)
     frozen: np.ndarray  # [R] bool: rows of an x that has converged and stopped searching
     # the jobs' settings, one value per row ([R, 1] columns broadcast against [R, D])
+    lead: Array  # descent steps before the exploration (langevin)
     explore: Array  # exploration steps before the descent (langevin chains, dfo rounds)
     refine: Array  # descent steps after them
     lr0: Array  # the descent's first step
@@ -67,6 +68,12 @@ class RowState:
             **columns,
             **extra,  # type: ignore[arg-type]
         )
+
+    def restart_descent(self, ix: slice | np.ndarray) -> None:
+        """Fresh descent state for rows ``ix`` (the final descent after an exploration)."""
+        self.m1[ix], self.m2[ix] = 0.0, 0.0
+        self.updates[ix], self.scale[ix] = 0.0, 1.0
+        self.moved[ix], self.dist[ix] = True, np.inf
 
     def place(self, ix: slice | np.ndarray, trial: Array, space: Space) -> None:
         """Write the next trial points of rows ``ix``: projected onto the bounds, clamped

@@ -1,14 +1,15 @@
 """The Stepper contract: what the search loop knows of an optimiser.
 
 Every method is the same loop over rows: score the trial points, ``accept`` some into the
-anchors, ``propose`` the next trials. A method is an optional *exploration* phase (langevin
-chains, dfo rounds) followed by a *descent* phase (Adam with backtracking) that settles each
-anchor in its basin; ``gd`` is descent only, ``enumerate`` scores its labels once. A job's
-evaluation index ``t`` picks the phase of each row, so jobs admitted mid-run (at other
-steps) share one backend call whatever phase they are in.
+anchors, ``propose`` the next trials. A method is an optional *lead* descent, an optional
+*exploration* (langevin chains, dfo rounds), then a *descent* (Adam with backtracking) that
+settles each anchor in its basin; ``gd`` is descent only, ``enumerate`` scores its labels
+once. A job's evaluation index ``t`` picks the phase of each row, so jobs admitted mid-run
+(at other steps) share one backend call whatever phase they are in.
 
-Evaluation ``t = 0`` scores the starts, ``1 .. explore`` the exploration's trials, then
-``explore + 1 .. explore + refine`` the descent's; the last is scored when the job stops.
+Evaluation ``t = 0`` scores the starts, ``1 .. lead`` the lead descent's trials, ``lead + 1
+.. lead + explore`` the exploration's, then the final descent's; the last trial is scored
+when the job stops.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from app.inference.steppers.rows import RowState
 from app.registry.backends.base import Array
 
 LANGEVIN_REFINE_SHARE = 0.5  # descent steps after the chains, as a share of their steps
-DFO_REFINE_STEPS = 20  # descent steps after the dfo rounds
-CHAIN_TEMPERATURE_SHARE = 0.1  # langevin's T when unset: this share of the starts' spread
+#: Descent steps before the chains, as a share of their steps: chains start in the basin
+#: their start descends into (a narrow one included) instead of diffusing past it.
+LANGEVIN_LEAD_SHARE = 0.2
+DFO_REFINE_STEPS = 40  # descent steps after the dfo rounds
+CHAIN_TEMPERATURE_SHARE = 0.03  # langevin's T when unset: this share of the starts' spread
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,19 @@ class Plan:
     explore: int
     refine: int
     lr0: float  # the descent's first step
+    lead: int = 0  # descent steps before the exploration
     h: float = 0.0  # langevin: first chain step
     temperature: float = 1.0  # langevin: T
     sigma0: float = 0.0  # dfo: first jitter
 
     @property
     def steps(self) -> int:
-        return self.explore + self.refine
+        return self.lead + self.explore + self.refine
+
+    @property
+    def settles_from(self) -> int:
+        """The evaluation after which the final descent runs (convergence may stop it)."""
+        return self.lead + self.explore
 
 
 @dataclass(frozen=True)
@@ -95,21 +105,22 @@ class Stepper:
         return Plan(explore=0, refine=params.steps, lr0=params.step_size)
 
     def needs_gradient(self, t: int, plan: Plan) -> bool:
-        exploring = 1 <= t <= plan.explore or (t == 0 and plan.explore > 0)
+        exploring = plan.lead < t <= plan.settles_from or (t == plan.lead == 0 < plan.explore)
         return self.explores_with_gradient or not exploring
 
     def draws(self, t: int, plan: Plan) -> tuple[bool, bool]:
         """(uniform, normal): what a job at evaluation ``t`` draws from its generator, in
         that order: a uniform per row to accept an exploration trial, a normal per row and
         component to propose the next."""
-        return 1 <= t <= plan.explore, t + 1 <= plan.explore
+        return plan.lead < t <= plan.settles_from, plan.lead < t + 1 <= plan.settles_from
 
     # --- the loop's calls ----------------------------------------------------------
     def begin(self, st: RowState, view: StepView) -> None:
         """The starts have been scored (``view``: rows at evaluation 0)."""
 
     def accept(self, st: RowState, view: StepView, space: Space) -> None:
-        exploring = (view.t >= 1) & (view.t <= st.explore[view.ix, 0])
+        lead = st.lead[view.ix, 0]
+        exploring = (view.t > lead) & (view.t <= lead + st.explore[view.ix, 0])
         explore = view.where(exploring)
         if explore is not None:
             self._accept_exploration(st, explore, space)
@@ -118,19 +129,24 @@ class Stepper:
             descent.accept(st, settle.ix, settle.energy, settle.grad, space)
 
     def propose(self, st: RowState, view: StepView, space: Space) -> None:
-        explore_rows = st.explore[view.ix, 0]
-        exploring = view.t + 1 <= explore_rows
-        explore = view.where(exploring)
+        lead = st.lead[view.ix, 0]
+        settles_from = lead + st.explore[view.ix, 0]
+        trial = view.t + 1
+        explore = view.where((trial > lead) & (trial <= settles_from))
         if explore is not None:
             self._propose_exploration(st, explore, space)
-        settle = view.where(~exploring)
+        leading = view.where(trial <= lead)
+        if leading is not None:
+            i, steps = leading.t, st.lead[leading.ix, 0]
+            lr = st.lr0[leading.ix] * cosine_decay(i, steps)[:, None]
+            descent.propose(st, leading.ix, lr, space)
+        settle = view.where(trial > settles_from)
         if settle is not None:
-            i = settle.t - st.explore[settle.ix, 0]  # the descent's own step count
+            i = settle.t - (st.lead[settle.ix, 0] + st.explore[settle.ix, 0])  # its own count
             lr = st.lr0[settle.ix] * cosine_decay(i, st.refine[settle.ix, 0])[:, None]
             first = settle.where(i == 0)
-            if first is not None:  # the switch from exploring: the descent starts afresh
-                st.moved[first.ix] = True
-                st.dist[first.ix] = np.inf
+            if first is not None:  # the final descent starts afresh
+                st.restart_descent(first.ix)
             descent.propose(st, settle.ix, lr, space)
 
     def _accept_exploration(self, st: RowState, view: StepView, space: Space) -> None:
@@ -159,6 +175,7 @@ class Chains(Stepper):
     def plan(self, params: SearchParams) -> Plan:
         steps = params.steps
         return Plan(
+            lead=math.ceil(steps * LANGEVIN_LEAD_SHARE),
             explore=steps,
             refine=max(1, math.ceil(steps * LANGEVIN_REFINE_SHARE)) if steps else 0,
             lr0=params.refine_step_size,
@@ -215,3 +232,8 @@ class Labels(Stepper):
 
 
 STEPPERS: dict[str, Stepper] = {s.name: s for s in (Stepper(), Chains(), Rounds(), Labels())}
+
+
+def planned_steps(params: SearchParams) -> int:
+    """Every step a job of ``params`` takes, all its phases together (its cost per start)."""
+    return STEPPERS[params.method].plan(params).steps

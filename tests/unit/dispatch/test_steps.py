@@ -135,7 +135,10 @@ def test_a_job_still_waiting_at_its_deadline_gets_504(registry: Registry[LoadedM
         scheduler = _scheduler()
         loop = asyncio.get_running_loop()
         # The lane is full: a job of 4096 rows leaves no room for the next one.
-        big = resolve(model.manifest, {"seed": 0, "num_starts": 2048, "steps": 100_000, "tol": 0})
+        big = resolve(
+            model.manifest,
+            {"method": "gd", "seed": 0, "num_starts": 2048, "steps": 100_000, "tol": 0},
+        )
         blocker = asyncio.ensure_future(
             scheduler.submit(
                 model,

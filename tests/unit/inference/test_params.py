@@ -51,11 +51,17 @@ def test_auto_enumerates_a_discrete_y(given: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("in_manifest", "expected"),
-    [("auto", "gd"), ("gd", "gd"), ("langevin", "langevin"), ("dfo", "dfo"), ("enumerate", "gd")],
+    [("auto", "dfo"), ("gd", "gd"), ("langevin", "langevin"), ("dfo", "dfo"), ("enumerate", "dfo")],
 )
 def test_auto_is_the_manifest_method_for_a_continuous_y(in_manifest: str, expected: str) -> None:
+    # a manifest naming no method gets dfo in few dimensions (see the next test)
     assert resolve(manifest(method=in_manifest), {}).method == expected
     assert resolve(manifest(method=in_manifest), {"method": "auto"}).method == expected
+
+
+def test_auto_is_gd_for_a_search_in_many_dimensions() -> None:
+    assert resolve(manifest(TensorSpec(shape=[9])), {}).method == "gd"
+    assert resolve(manifest(TensorSpec(shape=[8])), {}).method == "dfo"
 
 
 @pytest.mark.parametrize("method", ["gd", "langevin", "dfo"])
@@ -87,7 +93,7 @@ def test_unusable_methods_are_refused_with_what_to_use(
 def test_a_silent_manifest_defaulting_to_langevin_or_dfo_gets_their_built_ins() -> None:
     # no top-level settings: the default method runs with its own built-in ones, never gd's
     assert optimiser(resolve(manifest(method="langevin"), {})) == (
-        512,
+        1024,
         100,
         pytest.approx(3.6e-4),
         None,
@@ -106,14 +112,14 @@ def test_unset_tol_and_merge_radius_come_from_the_bounds() -> None:
 def test_built_in_settings_scale_with_the_bounds_of_y() -> None:
     m = manifest(method="gd", step_size=0.5)  # the top-level settings belong to gd alone
     assert optimiser(resolve(m, {"method": "langevin"})) == (
-        512,
+        1024,
         100,
         pytest.approx(3.6e-4),
         None,
     )
     assert optimiser(resolve(m, {"method": "dfo"})) == (2048, 8, 1.0, pytest.approx(0.99))
     m = manifest(method="dfo")
-    assert optimiser(resolve(m, {"method": "gd"})) == (512, 100, pytest.approx(0.12), 0.0)
+    assert optimiser(resolve(m, {"method": "gd"})) == (1024, 100, pytest.approx(0.12), 0.0)
 
 
 def test_built_in_scale_is_the_mean_bound_width() -> None:
@@ -136,12 +142,12 @@ def test_top_level_settings_apply_to_the_default_method_only() -> None:
     m = manifest(method="langevin", num_starts=7, steps=11, step_size=0.5, noise_scale=0.25)
     assert optimiser(resolve(m, {})) == (7, 11, 0.5, 0.25)
     assert optimiser(resolve(m, {"method": "langevin"})) == (7, 11, 0.5, 0.25)
-    assert optimiser(resolve(m, {"method": "gd"})) == (512, 100, pytest.approx(0.12), 0.0)
-    # "auto" in the manifest means gd for a continuous y: the top level is gd's
-    m = manifest(method="auto", steps=11, step_size=0.5)
-    assert optimiser(resolve(m, {}))[1:3] == (11, 0.5)
-    assert optimiser(resolve(m, {"method": "gd"}))[1:3] == (11, 0.5)
-    assert resolve(m, {"method": "langevin"}).steps == 100
+    assert optimiser(resolve(m, {"method": "gd"})) == (1024, 100, pytest.approx(0.12), 0.0)
+    # "auto" in the manifest means dfo for a 2-D y: the top level is dfo's
+    m = manifest(method="auto", steps=11, noise_scale=0.5)
+    assert optimiser(resolve(m, {}))[1::2] == (11, 0.5)
+    assert optimiser(resolve(m, {"method": "dfo"}))[1::2] == (11, 0.5)
+    assert resolve(m, {"method": "gd"}).steps == 100
 
 
 def test_per_method_settings_beat_the_top_level_and_the_built_ins() -> None:
@@ -161,7 +167,7 @@ def test_per_method_settings_beat_the_top_level_and_the_built_ins() -> None:
     assert optimiser(resolve(m, {"method": "dfo"})) == (99, 8, 1.0, 0.5)
     # langevin: nothing in the manifest, all built in
     assert optimiser(resolve(m, {"method": "langevin"})) == (
-        512,
+        1024,
         100,
         pytest.approx(3.6e-4),
         None,
