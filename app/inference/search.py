@@ -85,10 +85,15 @@ class _Segment:
     trajectory: list[Array] = field(default_factory=list)
     t: int = 0  # its own evaluation count: jobs admitted mid-run are at different steps
     started: float = field(default_factory=time.monotonic)
+    steps: int = 0  # its whole budget, every phase (read every step: kept, not derived)
+    paths: bool = False  # it keeps its trajectory
+    stops_from: int | None = None  # the first t at which convergence may stop it (tol != 0)
 
-    @property
-    def steps(self) -> int:
-        return self.plan.steps
+    def __post_init__(self) -> None:
+        self.steps = self.plan.steps
+        self.paths = self.job.params.return_trajectory
+        if self.job.params.tol != 0:
+            self.stops_from = self.plan.settles_from + MIN_STEPS_BEFORE_TOL - 1
 
 
 def _repeat_rows(a: Array, times: int) -> Array:
@@ -268,13 +273,18 @@ class Search:
         return out.energy, g
 
     def _view(
-        self, live: list[_Segment], counts: list[int], rows: slice | np.ndarray, grad: bool
+        self,
+        live: list[_Segment],
+        counts: list[int],
+        ts: list[int],
+        rows: slice | np.ndarray,
+        grad: bool,
     ) -> StepView:
         """Score the live rows and draw each job's randomness for this step."""
         energy, g = self._evaluate(rows, grad)
-        t = np.repeat(np.array([s.t for s in live]), counts)
-        wants = [self.stepper.draws(s.t, s.plan) for s in live]
+        t = np.repeat(np.array(ts), counts)
         uniform = normal = None
+        wants = [self.stepper.draws(s.t, s.plan) for s in live] if self.stepper.explores else []
         if any(u for u, _ in wants):  # in order per job: its uniforms, then its normals
             uniforms, normals = [], []
             dim = self.space.dim
@@ -334,46 +344,57 @@ class Search:
         now = time.monotonic()
         wall = time.time()  # deadlines are wall-clock (see Control)
         margin = max(margin_s, 3 * self._last_step_s)
-        for s in self.segments:
-            if s.done:
+        # One pass over the jobs: which stop now (answered below), and what this step needs
+        # of each one still running.
+        stopped: list[int] = []
+        live: list[_Segment] = []
+        counts: list[int] = []
+        ts: list[int] = []
+        grad = self.stepper.explores_with_gradient
+        can_stop = paths = frozen = starting = False
+        for i, s in enumerate(self.segments):
+            if not s.done:
+                control = s.job.control
+                if control.cancelled or wall >= control.deadline:  # nobody waits: no answer
+                    s.done = s.dropped = True
+                elif s.t >= s.steps:
+                    s.done = True
+                elif wall + margin + s.finish_s >= control.deadline:  # answer while we can
+                    s.done, s.partial = True, True
+            if s.done:  # (or converged during the last step)
+                if not s.dropped and i not in self._results:
+                    stopped.append(i)
                 continue
-            control = s.job.control
-            if control.cancelled or wall >= control.deadline:  # nobody waits: no answer
-                s.done = s.dropped = True
-            elif s.t >= s.steps:
-                s.done = True
-            elif wall + margin + s.finish_s >= control.deadline:  # answer while we can
-                s.done, s.partial = True, True
-        stopped = [
-            i
-            for i, s in enumerate(self.segments)
-            if s.done and not s.dropped and i not in self._results
-        ]
+            live.append(s)
+            counts.append(s.stop - s.start if not s.frozen_any else self._searching(s))
+            ts.append(s.t)
+            grad = grad or self.stepper.needs_gradient(s.t, s.plan)
+            can_stop = can_stop or (s.stops_from is not None and s.t >= s.stops_from)
+            paths = paths or s.paths
+            frozen = frozen or s.frozen_any
+            starting = starting or s.t == 0
         if stopped:
             for i, candidates in zip(stopped, self._finish(stopped), strict=True):
                 self._results[i] = candidates
                 deliver(i, candidates)
-        live = [s for s in self.segments if not s.done]
         if not live:
             return False
-        counts = [self._searching(s) for s in live]
-        rows = self._rows_of(live)
-        grad = any(self.stepper.needs_gradient(s.t, s.plan) for s in live)
-        view = self._view(live, counts, rows, grad)
-        starting = view.where(view.t == 0)
-        if starting is not None:
-            self.state.e0[starting.ix] = starting.energy
-            self.stepper.begin(self.state, starting)
-        self.stepper.accept(self.state, view, self.space)
-        for s in live:  # a path is its anchors: the start, then the point kept after each step
-            if s.job.params.return_trajectory:
-                s.trajectory.append(self.state.a[s.start : s.stop, : self.space.y_size].copy())
-        # Convergence is checked only where it can stop something: in the descent, past its
-        # first steps, for jobs whose tol allows it; one reduction over the rows.
-        if any(
-            s.job.params.tol != 0 and s.t + 1 >= s.plan.settles_from + MIN_STEPS_BEFORE_TOL
-            for s in live
-        ):
+        rows: slice | np.ndarray = slice(None)  # every row: the usual step
+        if frozen or len(live) < len(self.segments):
+            rows = np.concatenate([self._live_rows(s) for s in live])
+        view = self._view(live, counts, ts, rows, grad)
+        if starting:
+            first = view.where(view.t == 0)
+            assert first is not None
+            self.state.e0[first.ix] = first.energy
+            self.stepper.begin(self.state, first)
+        self.stepper.accept(self.state, view, self.space, measure=can_stop)
+        if paths:  # a path is its anchors: the start, then the point kept after each step
+            for s in live:
+                if s.job.params.return_trajectory:
+                    anchors = self.state.a[s.start : s.stop, : self.space.y_size]
+                    s.trajectory.append(anchors.copy())
+        if can_stop:  # one reduction over the rows
             self._stop_converged(live, rows)
         self.stepper.propose(self.state, view, self.space)
         for s, n in zip(live, counts, strict=True):
@@ -392,11 +413,6 @@ class Search:
         if not s.frozen_any:
             return s.stop - s.start
         return int((~self.state.frozen[s.start : s.stop]).sum())
-
-    def _rows_of(self, live: list[_Segment]) -> slice | np.ndarray:
-        if len(live) == len(self.segments) and not any(s.frozen_any for s in live):
-            return slice(None)
-        return np.concatenate([self._live_rows(s) for s in live])
 
     def _metric(self, rows: slice | np.ndarray) -> Array:
         """Per row, what its x's threshold is compared with: the anchor's estimated distance
@@ -447,7 +463,7 @@ class Search:
         # The last trial is accepted by the descent's rule whatever the phase: a job stopped
         # mid-exploration (at its deadline) keeps its state unless the trial is lower.
         st = self.state
-        descent.accept(st, rows, energy, g, self.space)
+        descent.accept(st, rows, energy, g, self.space, measure=True)
         a, e_a = st.a[rows], st.e_a[rows]
         has_g = st.has_g[rows]
         norms = self.space.stationarity(a, st.g_a[rows])

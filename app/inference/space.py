@@ -8,6 +8,7 @@ back after every move: clipped, or wrapped for periodic components (an angle).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -65,15 +66,24 @@ class Space:
     def dim(self) -> int:
         return self.y_size + self.z_size
 
-    @property
+    @cached_property
     def width(self) -> Array:
         """[D] bound widths; 1 where unbounded (the scale of unbounded starts)."""
         width = self.high - self.low
         return np.where(np.isfinite(width), width, 1.0).astype(np.float32)
 
+    @cached_property
+    def typical_width(self) -> float:
+        """Mean bound width of all searched components (1 where unbounded)."""
+        return float(np.mean(self.width))
+
+    @cached_property
+    def wraps(self) -> bool:
+        return bool(self.periodic.any())
+
     def project(self, v: Array) -> Array:
         """Candidates back inside the bounds, in place: periodic components wrap."""
-        if self.periodic.any():
+        if self.wraps:
             lo, hi = self.low[self.periodic], self.high[self.periodic]
             v[:, self.periodic] = lo + np.mod(v[:, self.periodic] - lo, hi - lo)
         np.maximum(v, self.low, out=v)  # np.clip's wrapper costs more than the clipping

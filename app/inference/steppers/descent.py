@@ -47,7 +47,7 @@ def stationary_distance(
     ss = np.einsum("rd,rd->r", s, s)
     sy = np.einsum("rd,rd->r", s, g - prev_g)
     norm = space.stationarity(v, g)
-    tiny = float(TINY_MOVE_SHARE * np.mean(space.width)) ** 2
+    tiny = (TINY_MOVE_SHARE * space.typical_width) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         curvature = sy / ss
         dist = np.where(known & (ss > 0) & (sy > 0), norm / curvature, np.inf)
@@ -55,20 +55,30 @@ def stationary_distance(
     return np.where(norm == 0, 0.0, dist).astype(np.float32)
 
 
-def accept(st: RowState, ix: Rows, energy: Array, grad: Array | None, space: Space) -> None:
-    """Take each trial whose energy is not above its anchor's; shrink the step of the rest."""
+def accept(
+    st: RowState, ix: Rows, energy: Array, grad: Array | None, space: Space, measure: bool
+) -> None:
+    """Take each trial whose energy is not above its anchor's; shrink the step of the rest;
+    with ``measure``, estimate the accepted anchors' distance to a stationary point."""
     e_a = st.e_a[ix]
+    has_g = st.has_g[ix]
     ok = energy <= e_a  # an unset anchor (+inf) takes any finite energy; NaN never
-    if grad is not None:  # a row scoring its own anchor for a gradient takes it (the
-        ok |= ~st.has_g[ix] & np.isfinite(energy)  # two graphs may differ in the last bit)
-    column = ok[:, None]
+    if grad is not None and not has_g.all():  # a row scoring its own anchor for a gradient
+        ok |= ~has_g & np.isfinite(energy)  # takes it (two graphs may differ in the last bit)
     v = st.v[ix]
-    if grad is not None:
-        known = st.has_g[ix]
-        dist = stationary_distance(space, v, grad, st.a[ix], st.g_a[ix], known, st.dist[ix])
+    if grad is not None and measure:
+        dist = stationary_distance(space, v, grad, st.a[ix], st.g_a[ix], has_g, st.dist[ix])
         st.dist[ix] = np.where(ok, dist, st.dist[ix])
+    if ok.all():  # the common step: every trial taken
+        st.a[ix], st.e_a[ix] = v, energy
+        if grad is not None:
+            st.g_a[ix], st.has_g[ix] = grad, True
+        st.moved[ix] = True
+        return
+    column = ok[:, None]
+    if grad is not None:
         st.g_a[ix] = np.where(column, grad, st.g_a[ix])
-        st.has_g[ix] = st.has_g[ix] | ok
+        st.has_g[ix] = has_g | ok
     st.a[ix] = np.where(column, v, st.a[ix])
     st.e_a[ix] = np.where(ok, energy, e_a)
     st.moved[ix] = ok
@@ -82,17 +92,28 @@ def propose(st: RowState, ix: Rows, lr: Array, space: Space) -> None:
     always a descent direction. A row whose anchor has no gradient yet scores the anchor
     itself first."""
     b1, b2 = np.float32(BETAS[0]), np.float32(BETAS[1])
-    moved = st.moved[ix][:, None]
+    moved_rows = st.moved[ix]
     g = st.g_a[ix]
-    updates = st.updates[ix] + moved
-    k = np.maximum(updates, 1)
-    bias1 = 1 - b1**k
-    m1 = np.where(moved, b1 * st.m1[ix] + (1 - b1) * g, g * bias1)
-    m2 = np.where(moved, b2 * st.m2[ix] + (1 - b2) * g * g, st.m2[ix])
-    direction = (m1 / bias1) / (np.sqrt(m2 / (1 - b2**k)) + np.float32(EPS))
-    scale = np.where(moved, np.minimum(st.scale[ix] * np.float32(GROW), 1), st.scale[ix])
+    if moved_rows.all():  # the common step: every anchor moved, plain Adam
+        updates = st.updates[ix] + 1
+        bias1 = 1 - b1**updates
+        m1 = b1 * st.m1[ix] + (1 - b1) * g
+        m2 = b2 * st.m2[ix] + (1 - b2) * g * g
+        scale = np.minimum(st.scale[ix] * np.float32(GROW), 1)
+    else:
+        moved = moved_rows[:, None]
+        updates = st.updates[ix] + moved
+        bias1 = 1 - b1 ** np.maximum(updates, 1)
+        m1 = np.where(moved, b1 * st.m1[ix] + (1 - b1) * g, g * bias1)
+        m2 = np.where(moved, b2 * st.m2[ix] + (1 - b2) * g * g, st.m2[ix])
+        scale = np.where(moved, np.minimum(st.scale[ix] * np.float32(GROW), 1), st.scale[ix])
+    bias2 = 1 - b2 ** np.maximum(updates, 1)
+    direction = (m1 / bias1) / (np.sqrt(m2 / bias2) + np.float32(EPS))
     a = st.a[ix]
-    trial = np.where(st.has_g[ix][:, None], a - lr * scale * direction, a)
+    trial = a - lr * scale * direction
+    has_g = st.has_g[ix]
+    if not has_g.all():
+        trial = np.where(has_g[:, None], trial, a)
     st.m1[ix], st.m2[ix], st.updates[ix], st.scale[ix] = m1, m2, updates, scale
     st.moved[ix] = False
     st.place(ix, trial, space)

@@ -99,6 +99,7 @@ class Stepper:
     """Descent only (``gd``); subclasses add an exploration phase."""
 
     name = "gd"
+    explores = False  # has an exploration phase (draws randomness, mixes phases)
     explores_with_gradient = True
 
     def plan(self, params: SearchParams) -> Plan:
@@ -118,7 +119,12 @@ class Stepper:
     def begin(self, st: RowState, view: StepView) -> None:
         """The starts have been scored (``view``: rows at evaluation 0)."""
 
-    def accept(self, st: RowState, view: StepView, space: Space) -> None:
+    def accept(self, st: RowState, view: StepView, space: Space, measure: bool) -> None:
+        """``measure``: estimate each accepted anchor's distance to a stationary point (only
+        needed where convergence can stop a job, and at the end)."""
+        if not self.explores:  # descent only: every row in the same phase
+            descent.accept(st, view.ix, view.energy, view.grad, space, measure)
+            return
         lead = st.lead[view.ix, 0]
         exploring = (view.t > lead) & (view.t <= lead + st.explore[view.ix, 0])
         explore = view.where(exploring)
@@ -126,9 +132,12 @@ class Stepper:
             self._accept_exploration(st, explore, space)
         settle = view.where(~exploring)
         if settle is not None:
-            descent.accept(st, settle.ix, settle.energy, settle.grad, space)
+            descent.accept(st, settle.ix, settle.energy, settle.grad, space, measure)
 
     def propose(self, st: RowState, view: StepView, space: Space) -> None:
+        if not self.explores:
+            self._final_descent(st, view, space)
+            return
         lead = st.lead[view.ix, 0]
         settles_from = lead + st.explore[view.ix, 0]
         trial = view.t + 1
@@ -142,12 +151,16 @@ class Stepper:
             descent.propose(st, leading.ix, lr, space)
         settle = view.where(trial > settles_from)
         if settle is not None:
-            i = settle.t - (st.lead[settle.ix, 0] + st.explore[settle.ix, 0])  # its own count
-            lr = st.lr0[settle.ix] * cosine_decay(i, st.refine[settle.ix, 0])[:, None]
-            first = settle.where(i == 0)
-            if first is not None:  # the final descent starts afresh
-                st.restart_descent(first.ix)
-            descent.propose(st, settle.ix, lr, space)
+            self._final_descent(st, settle, space)
+
+    def _final_descent(self, st: RowState, view: StepView, space: Space) -> None:
+        i = view.t - (st.lead[view.ix, 0] + st.explore[view.ix, 0])  # its own step count
+        lr = st.lr0[view.ix] * cosine_decay(i, st.refine[view.ix, 0])[:, None]
+        if (i == 0).any():  # the final descent starts afresh
+            first = view.where(i == 0)
+            assert first is not None
+            st.restart_descent(first.ix)
+        descent.propose(st, view.ix, lr, space)
 
     def _accept_exploration(self, st: RowState, view: StepView, space: Space) -> None:
         raise NotImplementedError  # gd never explores
@@ -162,6 +175,7 @@ class Chains(Stepper):
     alike whatever the energy's units and a basin they reached stays metastable."""
 
     name = "langevin"
+    explores = True
 
     def begin(self, st: RowState, view: StepView) -> None:
         unset = np.isnan(st.temperature[view.ix, 0])
@@ -197,6 +211,7 @@ class Rounds(Stepper):
     """``dfo``: derivative-free rounds of jitter, then descent from their survivors."""
 
     name = "dfo"
+    explores = True
     explores_with_gradient = False
 
     def plan(self, params: SearchParams) -> Plan:
