@@ -26,7 +26,6 @@ from app.inference.modes import merge_seconds
 from app.inference.params import SearchParams, converged_distance
 from app.inference.space import Space
 from app.inference.spread import energy_spread
-from app.inference.steppers import descent
 from app.inference.steppers.rows import RowState
 from app.inference.steppers.stepper import STEPPERS, Plan, StepView
 from app.registry.backends.base import Array
@@ -103,9 +102,11 @@ def _repeat_rows(a: Array, times: int) -> Array:
 class Search:
     """One batch of jobs of one method on one model."""
 
-    def __init__(self, model: LoadedModel, jobs: list[SearchJob]) -> None:
+    def __init__(
+        self, model: LoadedModel, jobs: list[SearchJob], space: Space | None = None
+    ) -> None:
         self.model = model
-        self.space = Space.of(model.manifest)
+        self.space = space or Space.of(model.manifest)
         self.method = jobs[0].params.method
         self.stepper = STEPPERS[self.method]
         self.segments: list[_Segment] = []
@@ -130,7 +131,7 @@ class Search:
     def admit(self, jobs: list[SearchJob]) -> None:
         """Add jobs at a step boundary: their rows are set up exactly as if they had started
         a search of their own (same generator draws), then join every later backend call."""
-        newcomer = Search(self.model, jobs)
+        newcomer = Search(self.model, jobs, self.space)
         offset = self.rows
         self.state.extend(newcomer.state)
         for segment in newcomer.segments:
@@ -228,31 +229,26 @@ class Search:
         return RowState.empty_optimiser(v, columns, x=x, labels=z_labels, free=free, known=known)
 
     def _index_blocks(self) -> None:
-        """Blocks: one x's starts within one job (contiguous rows), each stopping on its own:
-        for every row its block, and for every block its job, first row, size, threshold."""
-        block, segment, first, size, limit, by_grad = [], [], [], [], [], []
-        count = 0
-        for i, s in enumerate(self.segments):
-            n, starts = s.job.rows_x, s.job.params.num_starts
-            block.append(count + np.repeat(np.arange(n), starts))
-            segment.append(np.full(n, i))
-            first.append(s.start + starts * np.arange(n))
-            size.append(np.full(n, starts))
-            tol = s.job.params.tol
-            # tol unset: stationary by distance; tol > 0: by gradient norm; 0: never early
-            if tol is None:
-                limit.append(np.full(n, converged_distance(self.model.manifest)))
-            else:
-                limit.append(np.full(n, tol if tol > 0 else -np.inf))
-            by_grad.append(np.full(n, tol is not None))
-            count += n
-        self.block = np.concatenate(block)
-        self.block_ids = np.arange(count)
-        self.block_segment = np.concatenate(segment)
-        self.block_first_row = np.concatenate(first)
-        self.block_rows = np.concatenate(size)
-        self.block_limit = np.concatenate(limit)
-        self.block_by_grad = np.concatenate(by_grad)
+        """Blocks: one x's starts within one job (contiguous rows, in row order from row 0),
+        each stopping on its own: for every row its block, and for every block its job,
+        first row, size and convergence threshold. Vectorised over jobs: it runs at every
+        admission and compaction."""
+        per_x = [s.job.rows_x for s in self.segments]
+        starts = [s.job.params.num_starts for s in self.segments]
+        distance = converged_distance(self.model.manifest)
+        # tol unset: stationary by distance; tol > 0: by gradient norm; 0: never early
+        limits = [
+            distance if s.job.params.tol is None else (s.job.params.tol or -np.inf)
+            for s in self.segments
+        ]
+        by_grad = [s.job.params.tol is not None for s in self.segments]
+        self.block_rows = np.repeat(starts, per_x)
+        self.block_ids = np.arange(len(self.block_rows))
+        self.block = np.repeat(self.block_ids, self.block_rows)
+        self.block_segment = np.repeat(np.arange(len(self.segments)), per_x)
+        self.block_first_row = np.concatenate(([0], np.cumsum(self.block_rows)[:-1]))
+        self.block_limit = np.repeat(np.asarray(limits, np.float64), per_x)
+        self.block_by_grad = np.repeat(by_grad, per_x)
 
     # --- evaluation -------------------------------------------------------------------
     def inputs(self, rows: slice | np.ndarray) -> dict[str, Array]:
@@ -336,64 +332,67 @@ class Search:
         return [results.get(i) for i in range(count)]
 
     def advance(self, deliver: Callable[[int, Candidates], None], margin_s: float = 0.02) -> bool:
-        """One step boundary, then one step. At the boundary every job that must stop does:
-        at its step budget, converged, near its deadline (re-scored, partial), or with its
-        caller gone (cancelled or expired: it leaves with no result); each stopped job is
-        re-scored and handed to ``deliver(segment index, candidates)``. Then every live row
-        takes one step, in one backend call. Returns whether any job is still live."""
+        """One step boundary, then one step, in one backend call. At the boundary every job
+        that must stop does: at its step budget, converged, near its deadline (partial), or
+        with its caller gone (cancelled or expired: it leaves with no result). A stopping
+        job's last trials are scored in this step's call with everyone else's; it is then
+        answered, ``deliver(segment index, candidates)``, while the others take their step.
+        Returns whether any job is still live."""
         now = time.monotonic()
         wall = time.time()  # deadlines are wall-clock (see Control)
         margin = max(margin_s, 3 * self._last_step_s)
-        # One pass over the jobs: which stop now (answered below), and what this step needs
-        # of each one still running.
-        stopped: list[int] = []
+        # One pass over the jobs: which stop now, and what this step needs of each.
+        stopping: list[int] = []
         live: list[_Segment] = []
         counts: list[int] = []
         ts: list[int] = []
         grad = self.stepper.explores_with_gradient
         can_stop = paths = frozen = starting = False
         for i, s in enumerate(self.segments):
+            if s.dropped or i in self._results:
+                continue
             if not s.done:
                 control = s.job.control
                 if control.cancelled or wall >= control.deadline:  # nobody waits: no answer
                     s.done = s.dropped = True
-                elif s.t >= s.steps:
+                    continue
+                if s.t >= s.steps:
                     s.done = True
                 elif wall + margin + s.finish_s >= control.deadline:  # answer while we can
                     s.done, s.partial = True, True
-            if s.done:  # (or converged during the last step)
-                if not s.dropped and i not in self._results:
-                    stopped.append(i)
-                continue
+            if s.done:  # (or converged during the last step): its last trials, all its rows
+                stopping.append(i)
+                counts.append(s.stop - s.start)
+            else:
+                counts.append(s.stop - s.start if not s.frozen_any else self._searching(s))
+                can_stop = can_stop or (s.stops_from is not None and s.t >= s.stops_from)
             live.append(s)
-            counts.append(s.stop - s.start if not s.frozen_any else self._searching(s))
             ts.append(s.t)
             grad = grad or self.stepper.needs_gradient(s.t, s.plan)
-            can_stop = can_stop or (s.stops_from is not None and s.t >= s.stops_from)
             paths = paths or s.paths
             frozen = frozen or s.frozen_any
             starting = starting or s.t == 0
-        if stopped:
-            for i, candidates in zip(stopped, self._finish(stopped), strict=True):
-                self._results[i] = candidates
-                deliver(i, candidates)
         if not live:
             return False
         rows: slice | np.ndarray = slice(None)  # every row: the usual step
         if frozen or len(live) < len(self.segments):
-            rows = np.concatenate([self._live_rows(s) for s in live])
+            rows = np.concatenate([self._step_rows(s) for s in live])
         view = self._view(live, counts, ts, rows, grad)
         if starting:
             first = view.where(view.t == 0)
             assert first is not None
             self.state.e0[first.ix] = first.energy
             self.stepper.begin(self.state, first)
-        self.stepper.accept(self.state, view, self.space, measure=can_stop)
+        self.stepper.accept(self.state, view, self.space, measure=can_stop or bool(stopping))
         if paths:  # a path is its anchors: the start, then the point kept after each step
             for s in live:
-                if s.job.params.return_trajectory:
+                if s.paths:
                     anchors = self.state.a[s.start : s.stop, : self.space.y_size]
                     s.trajectory.append(anchors.copy())
+        for i in stopping:
+            candidates = self._candidates(self.segments[i])
+            self._results[i] = candidates
+            deliver(i, candidates)
         if can_stop:  # one reduction over the rows
             self._stop_converged(live, rows)
         self.stepper.propose(self.state, view, self.space)
@@ -402,6 +401,11 @@ class Search:
             s.evaluations += n
         self._last_step_s = time.monotonic() - now
         return True
+
+    def _step_rows(self, s: _Segment) -> np.ndarray:
+        """The rows a job sends to this step's call: all of them when it stops (its last
+        trials), else those still searching."""
+        return np.arange(s.start, s.stop) if s.done else self._live_rows(s)
 
     def _live_rows(self, s: _Segment) -> np.ndarray:
         """The rows of a running job still searching: those of its x not yet converged."""
@@ -450,61 +454,42 @@ class Search:
             if s.frozen_any and self.state.frozen[s.start : s.stop].all():
                 s.done = True
 
-    # --- the end: re-score ------------------------------------------------------------
-    def _finish(self, indices: list[int]) -> list[Candidates]:
-        """Score the stopped jobs' last trials (one call), accept them or not: each
-        candidate is its row's best accepted point, with its energy and gradient."""
-        segments = [self.segments[i] for i in indices]
-        rows: slice | np.ndarray = slice(None)  # every row, the converged x's included
-        if len(segments) < len(self.segments):
-            rows = np.concatenate([np.arange(s.start, s.stop) for s in segments])
-        grad = any(self.stepper.needs_gradient(s.t, s.plan) for s in segments)
-        energy, g = self._evaluate(rows, grad)
-        # The last trial is accepted by the descent's rule whatever the phase: a job stopped
-        # mid-exploration (at its deadline) keeps its state unless the trial is lower.
-        st = self.state
-        descent.accept(st, rows, energy, g, self.space, measure=True)
-        a, e_a = st.a[rows], st.e_a[rows]
-        has_g = st.has_g[rows]
+    # --- the end: the answer ---------------------------------------------------------
+    def _candidates(self, s: _Segment) -> Candidates:
+        """A stopped job's answer, its rows' anchors: each candidate is its row's best
+        accepted point, with its energy, gradient and estimated distance to stationarity
+        (its last trials were just scored and accepted or not)."""
+        st, rows = self.state, slice(s.start, s.stop)
+        n, starts = s.job.rows_x, s.job.params.num_starts
+        a = st.a[rows]
+        y_flat = a[:, : self.space.y_size]
+        z: Array | None = None
+        if self.space.z_size:
+            z = a[:, self.space.y_size :].reshape(n, starts, -1).copy()
+        elif st.labels is not None:
+            z = st.labels[rows, 0].reshape(n, starts).copy()
+        trajectory = None
+        if s.paths:
+            trajectory = np.stack(s.trajectory).reshape(len(s.trajectory), n, starts, -1)
+        gradient = bool(st.has_g[rows].all())
         norms = self.space.stationarity(a, st.g_a[rows])
-        metric = self._metric(rows)
-        labels = None if st.labels is None else st.labels[rows, 0]
-        e0, dist = st.e0[rows], st.dist[rows]
-        out, at = [], 0
-        for s in segments:
-            n, starts = s.job.rows_x, s.job.params.num_starts
-            part = slice(at, at + s.stop - s.start)
-            at += s.stop - s.start
-            y_flat = a[part, : self.space.y_size]
-            z: Array | None = None
-            if self.space.z_size:
-                z = a[part, self.space.y_size :].reshape(n, starts, -1).copy()
-            elif labels is not None:
-                z = labels[part].reshape(n, starts).copy()
-            trajectory = None
-            if s.job.params.return_trajectory:
-                frames = [*s.trajectory, y_flat]
-                trajectory = np.stack(frames).reshape(len(frames), n, starts, -1)
-            gradient = bool(has_g[part].all())
-            tol = s.job.params.tol
-            limit = converged_distance(self.model.manifest) if tol is None else max(tol, 1e-12)
-            out.append(
-                Candidates(
-                    y=y_flat.reshape(n, starts, -1).copy(),
-                    z=z,
-                    energy=e_a[part].reshape(n, starts).copy(),
-                    grad_norm=norms[part].reshape(n, starts).copy() if gradient else None,
-                    converged=(metric[part] <= limit).reshape(n, starts) if gradient else None,
-                    distance=dist[part].reshape(n, starts).copy() if gradient else None,
-                    energy_scale=_spread(e0[part].reshape(n, starts)),
-                    trajectory=trajectory,
-                    steps_run=s.t,
-                    evaluations=s.evaluations + (s.stop - s.start),
-                    partial=s.partial,
-                    elapsed_s=time.monotonic() - s.started,
-                )
-            )
-        return out
+        tol = s.job.params.tol
+        limit = converged_distance(self.model.manifest) if tol is None else max(tol, 1e-12)
+        metric = norms if tol is not None else st.dist[rows]
+        return Candidates(
+            y=y_flat.reshape(n, starts, -1).copy(),
+            z=z,
+            energy=st.e_a[rows].reshape(n, starts).copy(),
+            grad_norm=norms.reshape(n, starts) if gradient else None,
+            converged=(metric <= limit).reshape(n, starts) if gradient else None,
+            distance=st.dist[rows].reshape(n, starts).copy() if gradient else None,
+            energy_scale=_spread(st.e0[rows].reshape(n, starts)),
+            trajectory=trajectory,
+            steps_run=s.t,
+            evaluations=s.evaluations + (s.stop - s.start),
+            partial=s.partial,
+            elapsed_s=time.monotonic() - s.started,
+        )
 
 
 def _spread(e0: Array) -> Array:
