@@ -29,6 +29,7 @@ import numpy as np
 from app.inference.batch import deterministic_groups, per_row
 from app.inference.control import Control
 from app.inference.space import Space
+from app.inference.starts import clamp, clamping, decoded
 from app.inference.steppers import chain
 from app.inference.steppers.rows import RowState
 from app.registry.backends.base import Array
@@ -150,21 +151,14 @@ class Sampler:
         x = self._x_rows(per_x)
         labels = self._labels(rows)
         v = np.concatenate([space.sample(rng, r) for rng, r in zip(self.rngs, rows, strict=True)])
-        if space.z_size and self.model.backend.has_decoder:
-            v[:, : space.y_size] = space.decode(self.model.backend, x, v[:, space.y_size :])
-            space.project(v)
-        free = known = None
-        if any(job.y_mask is not None for job in jobs):
-            free = np.ones_like(v)
-            known = np.zeros((len(v), space.y_size), np.float32)
-            at = 0
-            for job, c, r in zip(jobs, per_x, rows, strict=True):
-                if job.y_mask is not None and job.y_known is not None:
-                    free[at : at + r, : space.y_size] = 1 - np.repeat(job.y_mask, c, axis=0)
-                    known[at : at + r] = np.repeat(job.y_known, c, axis=0)
-                at += r
-            clamped = free[:, : space.y_size] == 0
-            v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+        decoded(space, self.model.backend, x, v)
+        masks = clamping(
+            space,
+            [(job.y_mask, job.y_known, c, r) for job, c, r in zip(jobs, per_x, rows, strict=True)],
+        )
+        free, known = masks if masks is not None else (None, None)
+        if free is not None and known is not None:
+            clamp(space, v, free, known)
         zero = per_row([0.0] * len(jobs), rows)
         columns = {
             "lead": zero,

@@ -26,6 +26,7 @@ from app.inference.modes import merge_seconds
 from app.inference.params import SearchParams, converged_distance
 from app.inference.space import Space
 from app.inference.spread import energy_spread
+from app.inference.starts import clamp, clamping, decoded
 from app.inference.steppers.rows import RowState
 from app.inference.steppers.stepper import STEPPERS, Plan, StepView
 from app.registry.backends.base import Array
@@ -201,22 +202,18 @@ class Search:
             z_labels = np.concatenate(
                 [np.arange(s.stop - s.start) % space.z_labels for s in self.segments]
             ).astype(np.float32)[:, None]
-        if space.z_size and self.model.backend.has_decoder and self.method != "enumerate":
-            # Latent models with a decoder start on their manifold: y = Dec(x, z0).
-            v[:, : space.y_size] = space.decode(self.model.backend, x, v[:, space.y_size :])
-            space.project(v)
-        free = known = None
-        if any(s.job.y_mask is not None for s in self.segments):
-            free = np.ones((self.rows, space.dim), np.float32)
-            known = np.zeros((self.rows, space.y_size), np.float32)
-            for s in self.segments:
-                if s.job.y_mask is not None and s.job.y_known is not None:
-                    reps = s.job.params.num_starts
-                    observed = _repeat_rows(s.job.y_mask.astype(np.float32), reps)
-                    free[s.start : s.stop, : space.y_size] = 1.0 - observed
-                    known[s.start : s.stop] = _repeat_rows(s.job.y_known, reps)
-            clamped = free[:, : space.y_size] == 0
-            v[:, : space.y_size] = np.where(clamped, known, v[:, : space.y_size])
+        if self.method != "enumerate":  # latent models with a decoder start on it
+            decoded(space, self.model.backend, x, v)
+        masks = clamping(
+            space,
+            [
+                (s.job.y_mask, s.job.y_known, s.job.params.num_starts, s.stop - s.start)
+                for s in self.segments
+            ],
+        )
+        free, known = masks if masks is not None else (None, None)
+        if free is not None and known is not None:
+            clamp(space, v, free, known)
         columns = {
             "lead": self._column(lambda s: float(s.plan.lead)),
             "explore": self._column(lambda s: float(s.plan.explore)),
@@ -281,7 +278,7 @@ class Search:
         t = np.repeat(np.array(ts), counts)
         uniform = normal = None
         wants = [self.stepper.draws(s.t, s.plan) for s in live] if self.stepper.explores else []
-        if any(u for u, _ in wants):  # in order per job: its uniforms, then its normals
+        if any(u or z for u, z in wants):  # in order per job: its uniforms, then its normals
             uniforms, normals = [], []
             dim = self.space.dim
             for s, n, (u, z) in zip(live, counts, wants, strict=True):
@@ -292,15 +289,6 @@ class Search:
                     else np.zeros((n, dim), np.float32)
                 )
             uniform, normal = np.concatenate(uniforms), np.concatenate(normals)
-        elif any(z for _, z in wants):  # the first exploration step: normals only
-            normal = np.concatenate(
-                [
-                    s.rng.standard_normal((n, self.space.dim), dtype=np.float32)
-                    if z
-                    else np.zeros((n, self.space.dim), np.float32)
-                    for s, n, (_, z) in zip(live, counts, wants, strict=True)
-                ]
-            )
         block = self.block if isinstance(rows, slice) else self.block[rows]
         return StepView(
             ix=rows,

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from app.config import BackendChoice, Settings
 from app.inference.params import resolve
 from app.inference.search import Search, SearchJob
 from app.registry.loader import load_registry
+from tests.bench.saving import save
 from tests.servers import REPO, Server, start_server, stop_server
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -219,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = run(args.seconds, args.long_seconds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "admission.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "admission.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "admission", report, markdown(report))
     return 0 if all(report["bars"].values()) else 1
 
 

@@ -22,7 +22,6 @@ rows/s at least 0.95x raw's at every batch size.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
@@ -39,6 +38,7 @@ from app.registry.backends.base import Array, EnergyOutput
 from app.registry.backends.onnx import OnnxBackend
 from app.registry.loader import load_registry
 from tests.bench.bench_energy import sample_pairs
+from tests.bench.saving import save
 from tests.servers import REPO
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -203,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = run(args.rounds, args.seconds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "backend.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "backend.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "backend", report, markdown(report))
     return 0 if all(report["bars"].values()) else 1
 
 

@@ -16,7 +16,6 @@ server and client share this machine's cores, as they would in the bars' measure
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ import orjson
 from app.client.loadtest import LoadResult, run_load_sync
 from app.config import BackendChoice, Settings
 from app.registry.loader import LoadedModel, load_version
+from tests.bench.saving import save
 from tests.servers import REPO, Server, start_server, stop_server
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -195,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
     report = run(args.seconds, args.repeats, args.models_dir, args.model)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "energy.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "energy.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "energy", report, markdown(report))
     return 0 if all(report["bars"].values()) else 1
 
 

@@ -12,7 +12,6 @@ Bar: with the helper, /healthz never takes more than 250 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tests.bench.saving import save
 from tests.servers import REPO, Server, start_server, stop_server
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -124,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = run(args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "large_body.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "large_body.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "large_body", report, markdown(report))
     return 0 if report["met"] else 1
 
 

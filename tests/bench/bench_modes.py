@@ -172,7 +172,13 @@ def report(cells: dict[str, dict[str, Cell]], lands: list[Landscape], seeds: int
         tol = land.tol if land.ring_radius is not None else sorted(set(land.tols.tolist()))
         lines.append(f"- `{land.name}`: {land.description}; y in [-3, 3]^{land.dim}; tol {tol}")
     first = lands[0].name
-    lines += ["", "Defaults each method ran with (the same for every 2-D landscape):", ""]
+    lines += [
+        "",
+        f"Defaults each method ran with on `{lands[0].name}` (every landscape's manifest states "
+        "only bounds and k, and the bounds are the same; the project's own energies run with "
+        "the manifests their tests use):",
+        "",
+    ]
     for method in METHODS:
         lines.append(f"- {method} -> {cells[first][method].resolved}")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,6 @@ machine): a second worker competes with all of them for the second core.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ import httpx
 import orjson
 
 from app.client.loadtest import LoadResult, run_load_sync
+from tests.bench.saving import save
 from tests.servers import (
     REPO,
     RedisServer,
@@ -433,11 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(
         args.seconds, args.repeats, args.predict_seconds, args.predict_concurrency, args.models_dir
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "queue.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "queue.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "queue", report, markdown(report))
     return 0 if all(report["bars"].values()) else 1
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.dispatch.resp import RespConnection
+from tests.bench.saving import save
 from tests.servers import REPO, RedisServer
 
 RESULTS = REPO / "tests" / "bench" / "results"
@@ -138,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = run(args.seconds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reply_path.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "reply_path.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "reply_path", report, markdown(report))
     return 0
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from app.inference.space import Space
+from app.inference.starts import clamp
 from app.registry.backends.base import Array
 
 
@@ -80,9 +81,7 @@ class RowState:
         components (fill in the blanks) back at their known values."""
         trial = space.project(trial.astype(np.float32, copy=False))
         if self.free is not None and self.known is not None:
-            y_size = self.known.shape[1]
-            clamped = self.free[ix, :y_size] == 0
-            trial[:, :y_size] = np.where(clamped, self.known[ix], trial[:, :y_size])
+            clamp(space, trial, self.free[ix], self.known[ix])
         self.v[ix] = trial
 
     def extend(self, other: RowState) -> None:
