@@ -7,9 +7,11 @@ setting is the service's default.
 
 Classes:
 
-- ``widths``: four equal-depth Gaussian wells, stds 0.05 and 1.0 (20x), in [-3, 3]^2;
+- ``widths``: four equal-depth Gaussian wells, stds 0.05 and 1.0 (20x), in [-3, 3]^2, and
+  ``widths3d`` the same in 3-D (the narrow basins hold a far smaller share of the box);
 - ``depths``: five Gaussian wells of depths 1, 1.5, 2, 3, 5 (5x) on a weak quadratic bowl
   (so no start sits on a flat plateau); every well is a local minimum and a mode;
+  ``depths-x100`` the same in energy units 100x larger; ``depths5d`` six such wells in 5-D;
 - ``bounds``: four wells whose minima lie on the box: two centred exactly on a corner or an
   edge, two centred outside the box (their constrained minimum is the projection);
 - ``gauss3d`` / ``gauss6d``: 5 wells in [-3, 3]^3 and 6 wells in [-3, 3]^6;
@@ -298,6 +300,72 @@ def gauss(dim: int) -> Landscape:
     )
 
 
+class Scaled(nn.Module):
+    """``factor`` x an energy: the same landscape in other energy units."""
+
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.inner(y)
+
+
+def widths3d() -> Landscape:
+    centres = np.array([[-1.5, -1.5, 0.0], [1.5, 1.5, 1.0], [1.5, -1.5, -1.5], [-1.5, 1.5, 1.5]])
+    stds = np.array([0.05, 1.0, 0.05, 1.0])
+    module = Wells(centres, stds, np.zeros(4))
+    return Landscape(
+        "widths3d",
+        "four equal-depth Gaussian wells in 3-D, stds 0.05 and 1.0",
+        module,
+        3,
+        4,
+        _fixed(refine(module, centres)),
+        well_tols(stds),
+    )
+
+
+def depths_x100() -> Landscape:
+    """``depths`` in energy units 100x larger: every default must be scale-free."""
+    centres = np.array([[-1.8, -1.8], [1.8, -1.8], [0.0, 0.0], [-1.8, 1.8], [1.8, 1.8]])
+    module = Scaled(DepthWells(centres, np.array([5.0, 3.0, 2.0, 1.5, 1.0]), 0.5, 0.02), 100.0)
+    return Landscape(
+        "depths-x100",
+        "the five unequal wells of `depths`, energy x100",
+        module,
+        2,
+        5,
+        _fixed(refine(module, centres)),
+        well_tols(np.full(5, 0.5)),
+    )
+
+
+def depths5d() -> Landscape:
+    centres = 1.3 * np.array(
+        [
+            [1, 1, 1, 1, 1],
+            [-1, -1, 1, -1, 1],
+            [1, -1, -1, 1, -1],
+            [-1, 1, -1, -1, -1],
+            [1, 1, -1, -1, 1],
+            [-1, -1, -1, 1, 1],
+        ],
+        dtype=np.float64,
+    )
+    depth = np.array([4.0, 3.0, 2.0, 1.5, 1.0, 0.8])
+    module = DepthWells(centres, depth, 0.4, 0.01)
+    return Landscape(
+        "depths5d",
+        "six wells (std 0.4) of depths 4 to 0.8 in 5-D on a bowl 0.01 |y|^2",
+        module,
+        5,
+        6,
+        _fixed(refine(module, centres)),
+        well_tols(np.full(6, 0.4)),
+    )
+
+
 def ring3d() -> Landscape:
     return Landscape(
         "ring3d",
@@ -384,4 +452,16 @@ def existing() -> list[Landscape]:
 
 
 def all_landscapes() -> list[Landscape]:
-    return [widths(), depths(), bounds(), gauss(3), gauss(6), ring3d(), moving(), *existing()]
+    return [
+        widths(),
+        widths3d(),
+        depths(),
+        depths_x100(),
+        depths5d(),
+        bounds(),
+        gauss(3),
+        gauss(6),
+        ring3d(),
+        moving(),
+        *existing(),
+    ]

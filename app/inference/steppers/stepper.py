@@ -66,7 +66,7 @@ class StepView:
     block: np.ndarray  # [n] each row's x (rows of one x are contiguous)
     energy: Array  # [n]
     grad: Array | None  # [n, D]
-    uniform: Array | None  # [n] (exploration draws, zeros for rows that draw none)
+    uniform: Array | None  # [n] exploration draws (ones for rows that draw none)
     normal: Array | None  # [n, D]
 
     def where(self, mask: np.ndarray) -> StepView | None:
