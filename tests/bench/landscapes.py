@@ -224,18 +224,23 @@ def _fixed(points: np.ndarray) -> Callable[[np.ndarray | None], np.ndarray]:
     return lambda _x: points
 
 
-def widths() -> Landscape:
-    centres = np.array([[-1.5, 1.5], [1.5, 1.5], [1.5, -1.5], [-1.5, -1.5]])
-    stds = np.array([0.05, 1.0, 0.05, 1.0])
-    module = Wells(centres, stds, np.zeros(4))
+def _gaussian_wells(
+    name: str, description: str, centres: np.ndarray, stds: np.ndarray
+) -> Landscape:
+    """Equal-depth Gaussian wells (``Wells``), their minima refined from the centres."""
+    module = Wells(centres, stds, np.zeros(len(centres)))
+    minima = _fixed(refine(module, centres))
     return Landscape(
+        name, description, module, centres.shape[1], len(centres), minima, well_tols(stds)
+    )
+
+
+def widths() -> Landscape:
+    return _gaussian_wells(
         "widths",
         "four equal-depth Gaussian wells, stds 0.05 and 1.0",
-        module,
-        2,
-        4,
-        _fixed(refine(module, centres)),
-        well_tols(stds),
+        np.array([[-1.5, 1.5], [1.5, 1.5], [1.5, -1.5], [-1.5, -1.5]]),
+        np.array([0.05, 1.0, 0.05, 1.0]),
     )
 
 
@@ -287,17 +292,8 @@ def gauss(dim: int) -> Landscape:
         centres = 1.2 * signs
     centres = centres.astype(np.float64)
     count = len(centres)
-    stds = np.full(count, 0.3)
-    module = Wells(centres, stds, np.zeros(count))
-    return Landscape(
-        f"gauss{dim}d",
-        f"{count} Gaussian wells (std 0.3) in [-3, 3]^{dim}",
-        module,
-        dim,
-        count,
-        _fixed(refine(module, centres)),
-        well_tols(stds),
-    )
+    description = f"{count} Gaussian wells (std 0.3) in [-3, 3]^{dim}"
+    return _gaussian_wells(f"gauss{dim}d", description, centres, np.full(count, 0.3))
 
 
 class Scaled(nn.Module):
@@ -312,17 +308,11 @@ class Scaled(nn.Module):
 
 
 def widths3d() -> Landscape:
-    centres = np.array([[-1.5, -1.5, 0.0], [1.5, 1.5, 1.0], [1.5, -1.5, -1.5], [-1.5, 1.5, 1.5]])
-    stds = np.array([0.05, 1.0, 0.05, 1.0])
-    module = Wells(centres, stds, np.zeros(4))
-    return Landscape(
+    return _gaussian_wells(
         "widths3d",
         "four equal-depth Gaussian wells in 3-D, stds 0.05 and 1.0",
-        module,
-        3,
-        4,
-        _fixed(refine(module, centres)),
-        well_tols(stds),
+        np.array([[-1.5, -1.5, 0.0], [1.5, 1.5, 1.0], [1.5, -1.5, -1.5], [-1.5, 1.5, 1.5]]),
+        np.array([0.05, 1.0, 0.05, 1.0]),
     )
 
 
