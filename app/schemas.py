@@ -211,22 +211,30 @@ class PredictRequest(SearchFields):
         None, ge=1, le=65_536, description="Candidates per x (starts; dfo: population)."
     )
     steps: IntegerOrNone = Field(
-        None, ge=0, le=100_000, description="Iterations (dfo: resampling rounds)."
+        None, ge=0, le=100_000, description="Iterations (langevin: chain steps; dfo: rounds)."
     )
     step_size: float | None = Field(
-        None, gt=0, le=1e6, description="gd: first Adam step; langevin: first step size."
+        None, gt=0, le=1e6, description="gd: first Adam step; langevin: first chain step."
     )
     noise_scale: float | None = Field(
-        None, ge=0, le=1e6, description="langevin: noise multiplier; dfo: first jitter std."
+        None,
+        ge=0,
+        le=1e6,
+        description="langevin: sqrt(T) of its chains (unset: T from the landscape); "
+        "dfo: first jitter std.",
     )
     temperature: float | None = Field(
-        None, gt=0, le=1e6, description="T of softmax(-E/T): mode masses, dfo resampling."
+        None, gt=0, le=1e6, description="T of softmax(-E/T) for the mode masses."
     )
     merge_radius: float | None = Field(
         None, gt=0, le=1e6, description="Candidates closer than this in y merge into a mode."
     )
     tol: float | None = Field(
-        None, ge=0, le=1e6, description="Stop once every start's gradient norm is below this."
+        None,
+        ge=0,
+        le=1e6,
+        description="Stop once every start's projected gradient norm is below this; unset: "
+        "once every start is estimated within 0.1% of the bounds of a stationary point.",
     )
     return_trajectory: bool = Field(False, description="Also return each prediction's path.")
 
@@ -239,7 +247,9 @@ class Prediction(BaseModel):
     )
     mass: float = Field(description="Share of softmax(-E/T) of the candidates merged into it.")
     converged: bool | None = Field(
-        None, description="Gradient norm below tol at the end (null for gradient-free methods)."
+        None,
+        description="Stationary at the end: by tol when set, else by estimated distance "
+        "(null where no gradient was taken).",
     )
     trajectory: PathOut | None = Field(
         None, description="With return_trajectory: y at each step [steps, *y_shape]."

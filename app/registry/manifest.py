@@ -110,7 +110,7 @@ class MethodSettings(_Strict):
     step_size: float | None = Field(None, gt=0)
     noise_scale: float | None = Field(None, ge=0)
     temperature: float | None = Field(
-        None, gt=0, description="T of softmax(-E/T) for this method: dfo's resampling, masses."
+        None, gt=0, description="T of softmax(-E/T) for this method's mode masses."
     )
 
 
