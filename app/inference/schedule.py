@@ -14,6 +14,6 @@ def cosine_decay(t: Array, steps: Array) -> Array:
 
     Computed in float64 from each row's own (t, steps) and cast once, so a job's step sizes
     do not depend on the rows batched with it."""
-    frac = np.minimum(np.asarray(t, np.float64) / np.maximum(steps, 1.0), 1.0)
+    frac = np.minimum(np.divide(t, np.maximum(steps, 1.0), dtype=np.float64), 1.0)
     decay = FINAL_STEP_SHARE + (1 - FINAL_STEP_SHARE) * 0.5 * (1 + np.cos(np.pi * frac))
     return decay.astype(np.float32)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 import numpy as np
 
@@ -96,6 +97,23 @@ class _Segment:
             self.stops_from = self.plan.settles_from + MIN_STEPS_BEFORE_TOL - 1
 
 
+_cancelled = attrgetter("cancelled")
+
+
+@dataclass
+class _Calm:
+    """What the per-job pass at a step boundary would find, while nothing changes: every
+    job live and searching all its rows, none starting, stopping or keeping a path. Then a
+    step needs no pass over the jobs (its per-job Python would cost about as much as the
+    optimiser's arithmetic), only these numbers and a look at each job's cancel flag."""
+
+    row_t: np.ndarray  # [R] each row's evaluation index at the next step
+    controls: list[Control]
+    quiet_until: float  # wall time by which some job must stop for its deadline
+    steps_left: int  # steps before the first job reaches its budget
+    stops_in: int  # steps before convergence may stop some job (<= 0: it may now)
+
+
 def _repeat_rows(a: Array, times: int) -> Array:
     return np.repeat(a, times, axis=0)
 
@@ -123,6 +141,9 @@ class Search:
             self.segments.append(segment)
             at += job.rows
         self.rows = at
+        self._calm: _Calm | None = None  # set while steps need no pass over the jobs
+        self._calm_next = False  # the last step found nothing to change: try a calm one
+        self._unsettled = 0  # calm steps not yet counted into each job's t and evaluations
         self.state = self._start_rows()
         self._index_blocks()
         self._results: dict[int, Candidates] = {}  # by segment, until delivered and compacted
@@ -132,6 +153,7 @@ class Search:
     def admit(self, jobs: list[SearchJob]) -> None:
         """Add jobs at a step boundary: their rows are set up exactly as if they had started
         a search of their own (same generator draws), then join every later backend call."""
+        self._settle()
         newcomer = Search(self.model, jobs, self.space)
         offset = self.rows
         self.state.extend(newcomer.state)
@@ -153,6 +175,7 @@ class Search:
         kept = [i for i in range(len(self.segments)) if not self._finished(i)]
         if len(kept) == len(self.segments):
             return kept
+        self._settle()
         keep = [self.segments[i] for i in kept]
         rows = (
             np.concatenate([np.arange(s.start, s.stop) for s in keep])
@@ -239,6 +262,7 @@ class Search:
             for s in self.segments
         ]
         by_grad = [s.job.params.tol is not None for s in self.segments]
+        self._calm, self._calm_next = None, False  # the jobs changed
         self.block_rows = np.repeat(starts, per_x)
         self.block_ids = np.arange(len(self.block_rows))
         self.block = np.repeat(self.block_ids, self.block_rows)
@@ -246,6 +270,8 @@ class Search:
         self.block_first_row = np.concatenate(([0], np.cumsum(self.block_rows)[:-1]))
         self.block_limit = np.repeat(np.asarray(limits, np.float64), per_x)
         self.block_by_grad = np.repeat(by_grad, per_x)
+        settles = [s.plan.settles_from for s in self.segments]
+        self.block_settles_from = np.repeat(np.asarray(settles, np.int64), per_x)
 
     # --- evaluation -------------------------------------------------------------------
     def inputs(self, rows: slice | np.ndarray) -> dict[str, Array]:
@@ -274,8 +300,7 @@ class Search:
         grad: bool,
     ) -> StepView:
         """Score the live rows and draw each job's randomness for this step."""
-        energy, g = self._evaluate(rows, grad)
-        t = np.repeat(np.array(ts), counts)
+        view = self._scored(rows, np.repeat(np.array(ts), counts), grad)
         uniform = normal = None
         wants = [self.stepper.draws(s.t, s.plan) for s in live] if self.stepper.explores else []
         if any(u or z for u, z in wants):  # in order per job: its uniforms, then its normals
@@ -289,16 +314,14 @@ class Search:
                     else np.zeros((n, dim), np.float32)
                 )
             uniform, normal = np.concatenate(uniforms), np.concatenate(normals)
+            view = replace(view, uniform=uniform, normal=normal)
+        return view
+
+    def _scored(self, rows: slice | np.ndarray, t: np.ndarray, grad: bool) -> StepView:
+        """The rows' fresh scores as a view (no exploration draws)."""
+        energy, g = self._evaluate(rows, grad)
         block = self.block if isinstance(rows, slice) else self.block[rows]
-        return StepView(
-            ix=rows,
-            t=t,
-            block=block,
-            energy=energy,
-            grad=g,
-            uniform=uniform,
-            normal=normal,
-        )
+        return StepView(ix=rows, t=t, block=block, energy=energy, grad=g, uniform=None, normal=None)
 
     # --- the loop ---------------------------------------------------------------------
     def run(
@@ -329,7 +352,67 @@ class Search:
         now = time.monotonic()
         wall = time.time()  # deadlines are wall-clock (see Control)
         margin = max(margin_s, 3 * self._last_step_s)
-        # One pass over the jobs: which stop now, and what this step needs of each.
+        if self._calm is None and self._calm_next:
+            self._calm = self._calm_state()
+        calm = self._calm
+        if (
+            calm is not None
+            and calm.steps_left > 0
+            and wall + margin < calm.quiet_until
+            and not any(map(_cancelled, calm.controls))
+        ):
+            self._calm_step(calm)
+        else:
+            self._settle()
+            self._calm = None
+            if not self._full_step(deliver, wall, margin):
+                return False
+        self._last_step_s = time.monotonic() - now
+        return True
+
+    def _calm_step(self, calm: _Calm) -> None:
+        """A step with nothing to change at its boundary: every row, no pass over the jobs."""
+        measure = calm.stops_in <= 0
+        view = self._scored(slice(None), calm.row_t, True)
+        self.stepper.accept(self.state, view, self.space, measure=measure)
+        if measure and self._stop_converged(self.segments, view):
+            self._calm = None  # an x stopped searching: the next boundary has work
+        self.stepper.propose(self.state, view, self.space)
+        calm.row_t = calm.row_t + 1  # a new array: the view keeps this step's
+        calm.steps_left -= 1
+        calm.stops_in -= 1
+        self._unsettled += 1
+
+    def _calm_state(self) -> _Calm | None:
+        """The calm of the coming steps, or None when a step needs the per-job pass."""
+        if self.stepper.explores or not self.segments:  # per-job draws and phases
+            return None
+        for i, s in enumerate(self.segments):
+            if s.done or s.dropped or s.frozen_any or s.paths or s.t == 0 or i in self._results:
+                return None
+        sizes = [s.stop - s.start for s in self.segments]
+        stops = [s.stops_from - s.t for s in self.segments if s.stops_from is not None]
+        return _Calm(
+            row_t=np.repeat(np.array([s.t for s in self.segments]), sizes),
+            controls=[s.job.control for s in self.segments],
+            quiet_until=min(s.job.control.deadline - s.finish_s for s in self.segments),
+            steps_left=min(s.steps - s.t for s in self.segments),
+            stops_in=min(stops, default=1 << 62),
+        )
+
+    def _settle(self) -> None:
+        """Count the calm steps into each job's own step and evaluation counts."""
+        if self._unsettled:
+            for s in self.segments:
+                s.t += self._unsettled
+                s.evaluations += self._unsettled * (s.stop - s.start)
+            self._unsettled = 0
+
+    def _full_step(
+        self, deliver: Callable[[int, Candidates], None], wall: float, margin: float
+    ) -> bool:
+        """A step with the per-job pass at its boundary: which jobs stop now, and what this
+        step needs of each."""
         stopping: list[int] = []
         live: list[_Segment] = []
         counts: list[int] = []
@@ -382,12 +465,15 @@ class Search:
             self._results[i] = candidates
             deliver(i, candidates)
         if can_stop:  # one reduction over the rows
-            self._stop_converged(live, rows)
+            self._stop_converged(live, view)
         self.stepper.propose(self.state, view, self.space)
         for s, n in zip(live, counts, strict=True):
             s.t += 1
             s.evaluations += n
-        self._last_step_s = time.monotonic() - now
+        # Nothing stopped, froze or started, and no job is missing from the rows: the next
+        # boundary has nothing to change unless time, a budget or a cancel says otherwise.
+        subset = not isinstance(rows, slice)
+        self._calm_next = not (stopping or frozen or paths or starting or subset)
         return True
 
     def _step_rows(self, s: _Segment) -> np.ndarray:
@@ -416,10 +502,12 @@ class Search:
         norms = self.space.stationarity(st.a[rows], st.g_a[rows])
         return np.where(self.block_by_grad[self.block[rows]], norms, dist)
 
-    def _stop_converged(self, live: list[_Segment], rows: slice | np.ndarray) -> None:
+    def _stop_converged(self, live: list[_Segment], view: StepView) -> bool:
         """Each x of a job stops searching once every one of its starts is stationary; the
         job stops when all its x have. One pass over all rows: the searching rows are whole
-        blocks of one x's starts, in order, so a reduceat finds each x's worst."""
+        blocks of one x's starts, in order, so a reduceat finds each x's worst. Returns
+        whether any x stopped."""
+        rows = view.ix
         metric = self._metric(rows)
         if isinstance(rows, slice):  # every row searching: the boundaries are known
             firsts, ids = self.block_first_row, self.block_ids
@@ -428,12 +516,10 @@ class Search:
             firsts = np.flatnonzero(np.concatenate(([True], blocks[1:] != blocks[:-1])))
             ids = blocks[firsts]
         flat = np.maximum.reduceat(metric, firsts) <= self.block_limit[ids]
-        segments = self.block_segment[ids]
-        t = np.array([s.t for s in self.segments])[segments]
-        explore = np.array([s.plan.settles_from for s in self.segments])[segments]
-        flat &= t + 1 >= explore + MIN_STEPS_BEFORE_TOL  # a flat start must move first
+        # a flat start must move first
+        flat &= view.t[firsts] + 1 >= self.block_settles_from[ids] + MIN_STEPS_BEFORE_TOL
         if not flat.any():
-            return
+            return False
         for block in ids[flat]:
             first = self.block_first_row[block]
             self.state.frozen[first : first + self.block_rows[block]] = True
@@ -441,6 +527,7 @@ class Search:
         for s in live:
             if s.frozen_any and self.state.frozen[s.start : s.stop].all():
                 s.done = True
+        return True
 
     # --- the end: the answer ---------------------------------------------------------
     def _candidates(self, s: _Segment) -> Candidates:

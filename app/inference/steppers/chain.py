@@ -62,4 +62,4 @@ def propose(st: RowState, ix: Rows, normal: Array, space: Space) -> None:
         delta *= st.free[ix]
     clip = MOVE_CLIP * space.width
     trial = a + np.clip(delta, -clip, clip)
-    st.place(ix, trial, space)
+    st.place(ix, space, trial)

@@ -54,4 +54,4 @@ def propose(st: RowState, ix: Rows, sigma: Array, normal: Array, space: Space) -
     delta = sigma * normal
     if st.free is not None:
         delta *= st.free[ix]
-    st.place(ix, st.a[ix] + delta, space)
+    st.place(ix, space, st.a[ix] + delta)

@@ -37,7 +37,7 @@ class RowState:
     # the descent's state (Adam with backtracking)
     m1: Array  # [R, D]
     m2: Array  # [R, D]
-    updates: Array  # [R, 1] moment updates so far (Adam's bias correction)
+    updates: np.ndarray  # [R, 1] int: moment updates so far (Adam's bias correction, capped)
     scale: Array  # [R, 1] backtracking multiplier of the step, at most 1
     moved: np.ndarray  # [R] bool: the anchor moved since the last descent proposal
     x: Array | None = None  # [R, *x] conditional models
@@ -63,7 +63,7 @@ class RowState:
             frozen=np.zeros(rows, bool),
             m1=zeros.copy(),
             m2=zeros.copy(),
-            updates=np.zeros((rows, 1), np.float32),
+            updates=np.zeros((rows, 1), np.intp),
             scale=np.ones((rows, 1), np.float32),
             moved=np.ones(rows, bool),
             **columns,
@@ -73,16 +73,27 @@ class RowState:
     def restart_descent(self, ix: slice | np.ndarray) -> None:
         """Fresh descent state for rows ``ix`` (the final descent after an exploration)."""
         self.m1[ix], self.m2[ix] = 0.0, 0.0
-        self.updates[ix], self.scale[ix] = 0.0, 1.0
+        self.updates[ix], self.scale[ix] = 0, 1.0
         self.moved[ix], self.dist[ix] = True, np.inf
 
-    def place(self, ix: slice | np.ndarray, trial: Array, space: Space) -> None:
-        """Write the next trial points of rows ``ix``: projected onto the bounds, clamped
-        components (fill in the blanks) back at their known values."""
-        trial = space.project(trial.astype(np.float32, copy=False))
+    def place(self, ix: slice | np.ndarray, space: Space, trial: Array | None = None) -> None:
+        """The next trial points of rows ``ix`` (``trial``, or those already written to
+        ``v``): projected onto the bounds, clamped components (fill in the blanks) back at
+        their known values."""
+        if isinstance(ix, slice):  # a view: in place
+            points = self.v[ix]
+            if trial is not None:
+                points[...] = trial
+            self._settle(points, ix, space)
+        else:  # (a fancy index reads a copy)
+            points = self.v[ix] if trial is None else trial.astype(np.float32, copy=False)
+            self.v[ix] = self._settle(points, ix, space)
+
+    def _settle(self, trial: Array, ix: slice | np.ndarray, space: Space) -> Array:
+        space.project(trial)
         if self.free is not None and self.known is not None:
             clamp(space, trial, self.free[ix], self.known[ix])
-        self.v[ix] = trial
+        return trial
 
     def extend(self, other: RowState) -> None:
         """Append ``other``'s rows (admission at a step boundary)."""

@@ -154,9 +154,11 @@ class Stepper:
             self._final_descent(st, settle, space)
 
     def _final_descent(self, st: RowState, view: StepView, space: Space) -> None:
-        i = view.t - (st.lead[view.ix, 0] + st.explore[view.ix, 0])  # its own step count
+        i = view.t  # its own step count (all of gd's steps are descent)
+        if self.explores:
+            i = i - (st.lead[view.ix, 0] + st.explore[view.ix, 0])
         lr = st.lr0[view.ix] * cosine_decay(i, st.refine[view.ix, 0])[:, None]
-        if (i == 0).any():  # the final descent starts afresh
+        if np.count_nonzero(i) < i.size:  # the final descent starts afresh (some i == 0)
             first = view.where(i == 0)
             assert first is not None
             st.restart_descent(first.ix)
