@@ -41,11 +41,22 @@ from app.registry.loader import LoadedModel
 log = logging.getLogger("ebm.steps")
 
 
+#: Jobs that arrive while a lane's search runs join it in groups: at the first boundary
+#: where the waiting rows reach this share of the running rows, or where the oldest has
+#: waited this many of the lane's steps. Each admission costs a boundary with a pass over
+#: the jobs, a merge of the row state and a re-index, and jobs admitted together stop
+#: together (one compaction): one at a time, under a closed loop of 32 jobs, a third of all
+#: steps were such boundaries. Four steps are a few percent of a search's latency.
+ADMIT_SHARE = 0.25
+ADMIT_WAIT_STEPS = 4
+
+
 @dataclass(eq=False)
 class _Waiting:
     job: SearchJob
     future: asyncio.Future[PredictOutcome]
     enqueued_at: float = field(default_factory=time.monotonic)
+    lane_steps: int = 0  # the lane's step count when it arrived
 
 
 @dataclass(eq=False)
@@ -57,14 +68,18 @@ class _Lane:
     search: Search | None = None
     running: list[_Waiting] = field(default_factory=list)  # by segment index of ``search``
     served_s: float = 0.0  # compute time its steps have had (fair share)
+    steps: int = 0  # steps taken, for the admission rule
 
     @property
     def busy(self) -> bool:
         return bool(self.pending) or (self.search is not None and self.search.live)
 
     def admit(self) -> None:
-        """Move the waiting jobs that fit into the search (before its next step)."""
+        """Move the waiting jobs that fit into the search (before its next step): at once
+        into an idle lane, else in groups (``ADMIT_SHARE``, ``ADMIT_WAIT_STEPS``)."""
         rows = self.search.rows if self.search is not None else 0
+        if rows and self.pending and not self._admit_now(rows):
+            return
         joining: list[_Waiting] = []
         while self.pending:
             waiting = self.pending[0]
@@ -84,6 +99,12 @@ class _Lane:
             self.search.admit(jobs)
         self.running.extend(joining)
 
+    def _admit_now(self, running_rows: int) -> bool:
+        if self.steps - self.pending[0].lane_steps >= ADMIT_WAIT_STEPS:
+            return True
+        waiting = sum(w.job.rows for w in self.pending)
+        return waiting >= ADMIT_SHARE * running_rows
+
     def step(self) -> list[tuple[_Waiting, PredictOutcome]]:
         """One step boundary and one step (on a compute thread); the jobs it answered."""
         assert self.search is not None
@@ -95,6 +116,7 @@ class _Lane:
             answered.append((waiting, to_predictions(self.model, waiting.job, found, coalesced)))
 
         self.search.advance(deliver)
+        self.steps += 1
         kept = self.search.compact()  # answered or dropped: forget them and their rows
         if len(kept) < len(self.running):
             self.running = [self.running[i] for i in kept]
@@ -142,7 +164,9 @@ class StepScheduler:
         self._loop = loop
         waiting = _Waiting(job, loop.create_future())
         with self._changed:
-            self._lane(model, job, max_rows).pending.append(waiting)
+            lane = self._lane(model, job, max_rows)
+            waiting.lane_steps = lane.steps
+            lane.pending.append(waiting)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()

@@ -122,7 +122,12 @@ class Search:
     """One batch of jobs of one method on one model."""
 
     def __init__(
-        self, model: LoadedModel, jobs: list[SearchJob], space: Space | None = None
+        self,
+        model: LoadedModel,
+        jobs: list[SearchJob],
+        space: Space | None = None,
+        *,
+        joining: bool = False,
     ) -> None:
         self.model = model
         self.space = space or Space.of(model.manifest)
@@ -145,7 +150,8 @@ class Search:
         self._calm_next = False  # the last step found nothing to change: try a calm one
         self._unsettled = 0  # calm steps not yet counted into each job's t and evaluations
         self.state = self._start_rows()
-        self._index_blocks()
+        if not joining:  # (a search it joins re-indexes all its jobs)
+            self._index_blocks()
         self._results: dict[int, Candidates] = {}  # by segment, until delivered and compacted
         self._last_step_s = 0.0
 
@@ -154,7 +160,7 @@ class Search:
         """Add jobs at a step boundary: their rows are set up exactly as if they had started
         a search of their own (same generator draws), then join every later backend call."""
         self._settle()
-        newcomer = Search(self.model, jobs, self.space)
+        newcomer = Search(self.model, jobs, self.space, joining=True)
         offset = self.rows
         self.state.extend(newcomer.state)
         for segment in newcomer.segments:

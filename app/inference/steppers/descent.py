@@ -54,6 +54,12 @@ def every(mask: np.ndarray) -> bool:
     return int(np.count_nonzero(mask)) == mask.size
 
 
+def full_mask(rows: np.ndarray, width: int) -> np.ndarray:
+    """A row mask ``[R]`` as ``[R, width]``: numpy's masked operations run ~5x faster on a
+    mask of the array's own shape than on a broadcast ``[R, 1]`` one."""
+    return rows[:, None].repeat(width, axis=1)
+
+
 def _put(target: np.ndarray, ix: Rows, values: np.ndarray, where: np.ndarray) -> None:
     """``target[ix] = values`` where ``where``, the rest unchanged (in place on a slice)."""
     if isinstance(ix, slice):
@@ -109,11 +115,12 @@ def accept(
         st.moved[ix] = True
         return
     column = ok[:, None]
+    took = full_mask(ok, v.shape[1])
     if grad is not None:
-        _put(st.g_a, ix, grad, column)
+        _put(st.g_a, ix, grad, took)
         if not every_g:
             st.has_g[ix] = has_g | ok
-    _put(st.a, ix, v, column)
+    _put(st.a, ix, v, took)
     _put(st.e_a, ix, energy, ok)
     st.moved[ix] = ok
     if isinstance(ix, slice):
@@ -162,15 +169,15 @@ def _adam(
     a few dozen operations on tiny arrays: temporaries and write-backs are a visible share
     of it)."""
     g, a, has_g = st.g_a[ix], st.a[ix], st.has_g[ix]
-    moved = moved_rows[:, None]
-    stayed = ~moved
+    moved = moved_rows[:, None]  # ([R, 1] like updates and scale)
+    moved_d = full_mask(moved_rows, g.shape[1])  # ([R, D] like the moments)
     np.add(updates, moved, out=updates)
     np.minimum(updates, CORRECTED_UPDATES, out=updates)
     bias1 = BIAS1[updates]
     np.multiply(m1, B1, out=m1)
     np.add(m1, C1 * g, out=m1)
-    np.multiply(g, bias1, out=m1, where=stayed)  # a rejected row restarts at its gradient
-    np.add(B2 * m2, C2 * g * g, out=m2, where=moved)
+    np.multiply(g, bias1, out=m1, where=~moved_d)  # a rejected row restarts at its gradient
+    np.add(B2 * m2, C2 * g * g, out=m2, where=moved_d)
     np.multiply(scale, REGROW, out=scale, where=moved)
     np.minimum(scale, 1, out=scale)  # (a row that stayed is at most 1 already)
     direction = (m1 / bias1) / (np.sqrt(m2 / BIAS2[updates]) + TINY)

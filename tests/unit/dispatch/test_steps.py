@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.config import BackendChoice, Settings
-from app.dispatch.steps import StepScheduler
+from app.dispatch.steps import ADMIT_SHARE, ADMIT_WAIT_STEPS, StepScheduler, _Lane, _Waiting
 from app.errors import DeadlineExceeded
 from app.inference.control import Control, deadline_after
 from app.inference.params import resolve
@@ -155,3 +155,49 @@ def test_a_job_still_waiting_at_its_deadline_gets_504(registry: Registry[LoadedM
         await scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_jobs_arriving_at_a_running_lane_join_it_in_groups(
+    registry: Registry[LoadedModel],
+) -> None:
+    """An idle lane admits at once; a running one holds newcomers until they make up
+    ADMIT_SHARE of its rows or the oldest has waited ADMIT_WAIT_STEPS of its steps (one
+    admission, one re-index and one later compaction for the group, not one per job)."""
+    assert ADMIT_SHARE == 0.25  # (the counts below)
+    model = registry.get("quad", 1)
+    loop = asyncio.new_event_loop()
+    try:
+        lane = _Lane(model, "quad/1/gd", max_rows=4096)
+
+        def arrive(seed: int) -> _Waiting:
+            waiting = _Waiting(job(model, seed, steps=400), loop.create_future())
+            waiting.lane_steps = lane.steps
+            lane.pending.append(waiting)
+            return waiting
+
+        for seed in range(8):  # 8 jobs x 2 x x 8 starts = 128 rows
+            arrive(seed)
+        lane.admit()
+        assert len(lane.running) == 8
+        assert not lane.pending
+        lane.step()
+        arrive(8)  # 16 rows: under a quarter of 128
+        for _ in range(ADMIT_WAIT_STEPS):
+            lane.admit()
+            assert len(lane.pending) == 1
+            lane.step()
+        lane.admit()  # it has waited ADMIT_WAIT_STEPS steps
+        assert len(lane.running) == 9
+        assert not lane.pending
+        arrive(9)
+        lane.admit()
+        assert len(lane.pending) == 1
+        arrive(10)  # 32 rows waiting: a quarter of 144 is 36
+        lane.admit()
+        assert len(lane.pending) == 2
+        arrive(11)  # 48 rows
+        lane.admit()
+        assert len(lane.running) == 12
+        assert not lane.pending
+    finally:
+        loop.close()
