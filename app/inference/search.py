@@ -153,6 +153,7 @@ class Search:
         if not joining:  # (a search it joins re-indexes all its jobs)
             self._index_blocks()
         self._results: dict[int, Candidates] = {}  # by segment, until delivered and compacted
+        self._dropped = 0  # segments dropped since the last compaction
         self._last_step_s = 0.0
 
     # --- iteration-level admission ------------------------------------------------------
@@ -178,9 +179,9 @@ class Search:
     def compact(self) -> list[int]:
         """Forget the finished jobs and their rows; returns the (old) indices of the jobs
         kept, in order, so a caller can re-index its own bookkeeping."""
+        if not self._results and not self._dropped:  # the usual step: nobody left
+            return list(range(len(self.segments)))
         kept = [i for i in range(len(self.segments)) if not self._finished(i)]
-        if len(kept) == len(self.segments):
-            return kept
         self._settle()
         keep = [self.segments[i] for i in kept]
         rows = (
@@ -194,7 +195,7 @@ class Search:
             size = s.stop - s.start
             s.start, s.stop = at, at + size
             at += size
-        self.segments, self.rows, self._results = keep, at, {}
+        self.segments, self.rows, self._results, self._dropped = keep, at, {}, 0
         if keep:
             self._index_blocks()
         return kept
@@ -202,7 +203,7 @@ class Search:
     @property
     def live(self) -> bool:
         """Some job still has steps to take or an answer to deliver."""
-        return any(not self._finished(i) for i in range(len(self.segments)))
+        return len(self._results) + self._dropped < len(self.segments)
 
     # --- set-up -------------------------------------------------------------------------
     def _column(self, value: Callable[[_Segment], float]) -> Array:
@@ -432,6 +433,7 @@ class Search:
                 control = s.job.control
                 if control.cancelled or wall >= control.deadline:  # nobody waits: no answer
                     s.done = s.dropped = True
+                    self._dropped += 1
                     continue
                 if s.t >= s.steps:
                     s.done = True
