@@ -29,7 +29,7 @@ LOCK_VENV := .lock-venv
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q --upgrade pip
-	$(LOCK_VENV)/bin/pip install -q '.[train,dev]'
+	$(LOCK_VENV)/bin/pip install -q '.[train,dev,plot,bench]'
 	( echo "# Pinned versions of every dependency, all extras: \`make lock\` writes this file."; \
 	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^ebm-serve' \
 	  | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' ) > constraints.txt
@@ -49,6 +49,7 @@ test: $(VENV)/.dev-installed system-deps
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev-installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m tests.bench.run_all
 
 # Minutes of mixed load on embedded and Redis mode; SOAK_SECONDS sets the length of each.

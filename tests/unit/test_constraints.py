@@ -47,7 +47,7 @@ def test_torch_is_pinned_exactly() -> None:
 def test_every_install_uses_the_constraints() -> None:
     makefile = (REPO / "Makefile").read_text()
     installs = re.findall(r"pip install -q (.*-e .*)", makefile)
-    assert len(installs) == 2
+    assert len(installs) == 3  # serve, dev, bench
     assert all(line.startswith("-c constraints.txt") for line in installs)
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY pyproject.toml README.md constraints.txt ./" in dockerfile
