@@ -139,4 +139,5 @@ def unpack(raw: bytes, tensor: Callable[[dict[str, Any]], Any] = from_tensor_map
     except TensorError:
         raise
     except (msgpack.UnpackException, ValueError, TypeError) as exc:
-        raise ValueError(f"the body is not valid msgpack: {exc}") from exc
+        detail = str(exc) or type(exc).__name__
+        raise ValueError(f"the body is not valid msgpack ({detail})") from exc

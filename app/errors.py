@@ -48,6 +48,13 @@ class VersionNotFound(EBMError):
     error_type = "version_not_found"
 
 
+class InvalidBody(EBMError):
+    """A body that cannot be decoded at all (not msgpack, though it says so)."""
+
+    status_code = 400
+    error_type = "invalid_msgpack"
+
+
 class PayloadTooLarge(EBMError):
     status_code = 413
     error_type = "payload_too_large"

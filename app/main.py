@@ -17,6 +17,7 @@ from app.api.deps import require_api_key
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.responses import error_response
+from app.api.transport import Transport
 from app.config import Settings, get_settings
 from app.errors import PayloadTooLarge
 from app.lifecycle import DrainGate, Lifecycle, open_dispatcher
@@ -112,5 +113,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)  # guarded by its own key, EBM_ADMIN_KEY
     install_docs(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(DrainGate, lifecycle=app.state.lifecycle)  # outermost: counts all
+    app.add_middleware(DrainGate, lifecycle=app.state.lifecycle)  # counts all
+    app.add_middleware(Transport)  # outermost: every reply follows the request's Accept
     return app

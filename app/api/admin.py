@@ -7,7 +7,7 @@ import secrets
 from fastapi import APIRouter, Request, Response
 
 from app.api.openapi import ADMIN_ERRORS, errors
-from app.api.responses import json_response
+from app.api.responses import reply
 from app.errors import Forbidden, Unauthorized
 from app.lifecycle import reload_models
 from app.schemas import ReloadResult
@@ -39,4 +39,4 @@ async def require_admin_key(request: Request) -> None:
 )
 async def reload(request: Request) -> Response:
     await require_admin_key(request)
-    return json_response(await reload_models(request.app.state))
+    return reply(await reload_models(request.app.state))

@@ -10,7 +10,7 @@ from app.api.applicable import check_energy
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.free_energy import free_energy
 from app.api.openapi import COMPUTE_ERRORS, errors
-from app.api.responses import json_response
+from app.api.responses import reply
 from app.api.routing import OrjsonRoute
 from app.api.tensors import pair_inputs, require_finite
 from app.dispatch.base import submit_as
@@ -44,7 +44,7 @@ async def energy(
     manifest = catalog.get(name, body.version)
     check_energy(manifest, body)
     if body.free_energy is not None:
-        return json_response(await free_energy(request, manifest, body, dispatcher, settings))
+        return reply(await free_energy(request, manifest, body, dispatcher, settings))
     inputs = pair_inputs(
         manifest, {"x": body.x, "y": body.y, "z": body.z}, manifest.batching.max_rows_per_request
     )
@@ -58,4 +58,4 @@ async def energy(
     response: dict[str, Any] = {"model": name, "version": manifest.version, "energy": result.energy}
     for input_name, grad in result.grads.items():
         response[f"grad_{input_name}"] = grad
-    return json_response(response)
+    return reply(response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import CatalogDep, DispatcherDep
-from app.api.responses import json_response
+from app.api.responses import reply
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -18,7 +18,7 @@ router = APIRouter(tags=["health"])
     operation_id="healthz",
 )
 async def healthz() -> Response:
-    return json_response({"status": "ok"})
+    return reply({"status": "ok"})
 
 
 @router.get(
@@ -32,7 +32,7 @@ async def healthz() -> Response:
 async def readyz(request: Request, registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
     if request.app.state.lifecycle.draining:
         reason = {"reason": "shutting down: finishing the requests in flight"}
-        return json_response({"status": "not ready", "detail": reason}, 503)
+        return reply({"status": "not ready", "detail": reason}, 503)
     dispatch_ok, dispatch_detail = await dispatcher.readiness()
     served = {name: sorted(versions) for name, versions in registry.models.items()}
     unavailable = [
@@ -42,6 +42,6 @@ async def readyz(request: Request, registry: CatalogDep, dispatcher: DispatcherD
     detail: dict[str, object] = {"models": served, "unavailable": unavailable, **dispatch_detail}
     if not served:
         detail["reason"] = "no model is available"
-    return json_response(
+    return reply(
         {"status": "ready" if ready else "not ready", "detail": detail}, 200 if ready else 503
     )

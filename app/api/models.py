@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep
 from app.api.openapi import LIST_ERRORS, LOOKUP_ERRORS, errors
-from app.api.responses import json_response
+from app.api.responses import reply
 from app.dispatch.engine import batching_limits
 from app.inference.params import default_method, method_settings, usable_methods
 from app.schemas import ModelDetail, ModelList
@@ -43,7 +43,7 @@ def _summary(registry: CatalogDep, dispatcher: DispatcherDep, name: str) -> dict
 )
 async def list_models(registry: CatalogDep, dispatcher: DispatcherDep) -> Response:
     summaries = [_summary(registry, dispatcher, n) for n in registry.names()]
-    return json_response({"models": summaries})
+    return reply({"models": summaries})
 
 
 @router.get(
@@ -86,4 +86,4 @@ async def get_model(
         # null in queue mode, where the workers load them.
         **dispatcher.describe(name, manifest.version),
     }
-    return json_response(body)
+    return reply(body)

@@ -11,7 +11,7 @@ from app.api.applicable import check_sample
 from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
 from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
-from app.api.responses import json_response
+from app.api.responses import reply
 from app.api.routing import OrjsonRoute
 from app.api.search import check_cost, check_sample_size, search_inputs
 from app.dispatch.base import submit_as
@@ -87,4 +87,4 @@ async def sample(
         "samples": outcome.samples,
         "stats": outcome.stats,
     }
-    return json_response(response)
+    return reply(response)
