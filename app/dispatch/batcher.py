@@ -8,8 +8,12 @@ Policy, chosen so the batcher adds nothing when there is nothing to wait for:
 - A job that finds the batcher idle runs at once: no timer, no waiting for company.
 - Jobs that arrive while a batch is computing queue up and all run together next, up to
   ``max_rows`` rows (a single job larger than that runs alone; it is never split).
-- Only under load (other jobs were already queued behind the first) does the batcher wait, at
-  most ``max_delay_s`` after the first job arrived, for the batch to fill up.
+- Only under load (other jobs were already queued behind the first) does the batcher wait for
+  the batch to fill up: at most ``max_delay_s`` after the first job arrived, and never longer
+  than the batch is expected to compute. Jobs that arrive while a batch computes run in the
+  next one anyway, so waiting longer than a batch takes only delays everyone: with one-pair
+  scores of ~50 us, a 2 ms wait capped four closed-loop clients at a third of their
+  throughput.
 - The queue is bounded (``Overloaded`` -> 429) and every job has a deadline: a job whose
   deadline passes before its batch starts is dropped, its caller gets ``DeadlineExceeded``.
 - A batch expected to take less than ``inline_below_s`` (scaled from the last measured
@@ -171,7 +175,8 @@ class Batcher(Generic[P, R]):
         under_load = len(batch) > 1
         if under_load and self.max_delay_s > 0 and rows < self.max_rows and not self._closing:
             loop = asyncio.get_running_loop()
-            until = loop.time() + self.max_delay_s - (time.monotonic() - first.enqueued_at)
+            delay = min(self.max_delay_s, self._expected_s(rows))
+            until = loop.time() + delay - (time.monotonic() - first.enqueued_at)
             while rows < self.max_rows and not self._queue_blocked(rows):
                 remaining = until - loop.time()
                 if remaining <= 0:

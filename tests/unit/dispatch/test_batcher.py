@@ -103,11 +103,28 @@ def test_under_load_the_batcher_waits_up_to_max_delay_for_more() -> None:
         head = asyncio.ensure_future(batcher.submit(0, 1, far()))
         await asyncio.to_thread(runner.entered.wait, 5)
         early = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in (1, 2)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.15)  # the head batch takes 0.15 s: waiting is worth as long
         runner.gate.set()  # batch 2 now forms from [1, 2] and, being under load, waits
         await asyncio.sleep(0.05)
         late = asyncio.ensure_future(batcher.submit(3, 1, far()))
         await asyncio.gather(head, *early, late)
+        assert runner.batches == [[0], [1, 2, 3]]
+
+    asyncio.run(scenario())
+
+
+def test_under_load_fast_batches_do_not_wait_for_company() -> None:
+    """Waiting longer than a batch computes only delays it (who arrives meanwhile runs in
+    the next one): with a 1 s max_delay, one-pair-fast batches of queued jobs ran 1 s late."""
+
+    async def scenario() -> None:
+        runner = Recorder()
+        batcher = make(runner, max_delay_s=1.0)
+        await batcher.submit(0, 1, far())  # a batch measured at well under a millisecond
+        started = time.monotonic()
+        jobs = [asyncio.ensure_future(batcher.submit(i, 1, far())) for i in (1, 2, 3)]
+        await asyncio.gather(*jobs)  # queued together: under load, a batch of three
+        assert time.monotonic() - started < 0.2
         assert runner.batches == [[0], [1, 2, 3]]
 
     asyncio.run(scenario())
