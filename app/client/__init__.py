@@ -1,1 +1,63 @@
-"""Client-side tools for exercising the HTTP service."""
+"""Client side of the service: the typed SDK (``Client``, ``AsyncClient``) and the tools
+for exercising the HTTP service (``ebm loadtest``)."""
+
+from app.client.errors import (
+    BadRequest,
+    BadResponse,
+    ClientError,
+    DeadlineExceeded,
+    EBMError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServerError,
+    Timeout,
+    TransportError,
+    Unauthorized,
+    Unavailable,
+)
+from app.client.results import (
+    EnergyResult,
+    ModelInfo,
+    ModelList,
+    ModelSummary,
+    Predictions,
+    PredictResult,
+    SampleResult,
+    Samples,
+    TensorSpec,
+    UnavailableVersion,
+)
+from app.client.sdk import AsyncClient, Client
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "BadResponse",
+    "Client",
+    "ClientError",
+    "DeadlineExceeded",
+    "EBMError",
+    "EnergyResult",
+    "Forbidden",
+    "InvalidInput",
+    "ModelInfo",
+    "ModelList",
+    "ModelSummary",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PredictResult",
+    "Predictions",
+    "SampleResult",
+    "Samples",
+    "ServerError",
+    "TensorSpec",
+    "Timeout",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "UnavailableVersion",
+]

@@ -8,6 +8,7 @@ the waiting coroutine is woken once per response. Only plain ``http://`` URLs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -60,13 +61,15 @@ def _check_header_token(text: str) -> None:
         raise ValueError(f"header contains a line break: {text!r}")
 
 
-def build_request(url: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+def build_request(url: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
     """Encode the complete POST request for ``url`` once, so each send is one write."""
     target = parse_url(url)
     return encode_request(target, body, headers)
 
 
-def encode_request(target: Target, body: bytes, headers: dict[str, str] | None) -> bytes:
+def encode_request(target: Target, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+    """The request bytes: our Host and JSON Content-Type, then ``headers`` (which may
+    replace them, case-insensitively), then the Content-Length of ``body``."""
     merged: dict[str, tuple[str, str]] = {
         "host": ("Host", target.host_header),
         "content-type": ("Content-Type", "application/json"),

@@ -311,13 +311,17 @@ def test_build_request_is_exact() -> None:
     )
 
 
-def test_cli_json_output(server: _TestServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_json_output(
+    server: _TestServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    body_file = tmp_path / "body.json"
+    body_file.write_bytes(BODY)
     code = main(
         [
             "--url",
             server.url("/ok"),
             "--body",
-            BODY.decode(),
+            str(body_file),
             "--concurrency",
             "2",
             "--requests",
@@ -330,7 +334,7 @@ def test_cli_json_output(server: _TestServer, capsys: pytest.CaptureFixture[str]
         ]
     )
     assert code == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["points"][0]
     assert data["requests"] == 10
     assert data["status_counts"] == {"200": 10}
     assert server.seen.requests[-1][1]["x-test"] == "cli"
