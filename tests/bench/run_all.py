@@ -11,6 +11,7 @@ from tests.bench import (
     bench_predict,
     bench_queue,
     bench_reply_path,
+    peers,
 )
 
 
@@ -25,6 +26,7 @@ def main() -> int:
         ("admission", bench_admission),
         ("backend call overhead", bench_backend),
         ("mode recovery", bench_modes),
+        ("peers: plain FastAPI and LitServe", peers),
     )
     for name, bench in benches:
         print(f"== {name}")
