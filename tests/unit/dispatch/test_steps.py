@@ -104,7 +104,9 @@ def test_jobs_of_one_lane_share_steps_and_answer_as_alone(
     registry: Registry[LoadedModel],
 ) -> None:
     model = registry.get("quad", 1)
-    jobs = [job(model, seed) for seed in range(4)]
+    # 400 steps: long enough to overlap arrivals 2 ms apart on a fast machine (a 40-step
+    # quad search can end before the next job arrives, and then nobody shares a step)
+    jobs = [job(model, seed, steps=400) for seed in range(4)]
 
     async def scenario() -> tuple[list[PredictOutcome], StepScheduler]:
         scheduler = _scheduler()
