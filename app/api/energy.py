@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.api.applicable import check_energy
-from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
+from app.api.deps import request_deadline, services
 from app.api.free_energy import free_energy
 from app.api.openapi import COMPUTE_ERRORS, errors
 from app.api.responses import reply
@@ -37,10 +37,8 @@ async def energy(
     request: Request,
     name: str,
     body: EnergyRequest,
-    catalog: CatalogDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
 ) -> Response:
+    settings, catalog, dispatcher = services(request)
     manifest = catalog.get(name, body.version)
     check_energy(manifest, body)
     if body.free_energy is not None:

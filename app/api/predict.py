@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.api.applicable import check_predict
-from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
+from app.api.deps import request_deadline, services
 from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import reply
@@ -35,10 +35,8 @@ async def predict(
     request: Request,
     name: str,
     body: PredictRequest,
-    catalog: CatalogDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
 ) -> Response:
+    settings, catalog, dispatcher = services(request)
     manifest = catalog.get(name, body.version)
     params = resolve(manifest, body.model_dump(exclude={"x", "y_known", "y_mask", "version"}))
     check_predict(manifest, body, params.method)

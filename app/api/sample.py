@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.api.applicable import check_sample
-from app.api.deps import CatalogDep, DispatcherDep, SettingsDep, request_deadline
+from app.api.deps import request_deadline, services
 from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import reply
@@ -38,10 +38,8 @@ async def sample(
     request: Request,
     name: str,
     body: SampleRequest,
-    catalog: CatalogDep,
-    dispatcher: DispatcherDep,
-    settings: SettingsDep,
 ) -> Response:
+    settings, catalog, dispatcher = services(request)
     manifest = catalog.get(name, body.version)
     if manifest.y.kind == "discrete":
         raise InvalidInput(
