@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(
         None, description="Comma-separated accepted API keys; unset disables authentication."
     )
+    otel: bool = Field(
+        False,
+        description="FastAPI's OpenTelemetry instrumentation (spans, metrics and logs to the "
+        "globally configured providers).",
+    )
     log_format: LogFormat = Field(LogFormat.TEXT, description="Log format: text or json.")
     log_level: str = Field("info", description="Log level of the service.")
 

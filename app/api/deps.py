@@ -65,6 +65,13 @@ async def require_api_key(request: Request) -> None:
         )
 
 
+#: The routers of the model operations (``/v1/models...``) take this as their dependencies.
+#: It is attached whatever the configuration (without keys the check is one empty-set
+#: test), so that a route's own declaration says it is guarded: the OpenAPI document reads
+#: it there, and the compute routes' lean handler (app.api.routing) runs it itself.
+GUARDED = [Depends(require_api_key)]
+
+
 def request_deadline(settings: Settings, deadline_ms: float | None) -> float:
     """A request's wall-clock deadline: its own ``deadline_ms``, else the server default."""
     return deadline_after(deadline_ms or settings.request_timeout_ms)

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.api.applicable import check_energy
-from app.api.deps import request_deadline, services
+from app.api.deps import GUARDED, request_deadline, services
 from app.api.free_energy import free_energy
 from app.api.openapi import COMPUTE_ERRORS, errors
 from app.api.responses import reply
-from app.api.routing import OrjsonRoute
+from app.api.routing import ComputeRoute
 from app.api.tensors import pair_inputs, require_finite
 from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
@@ -19,7 +19,9 @@ from app.inference.scoring import ScoreJob
 from app.registry.backends.base import EnergyOutput
 from app.schemas import EnergyRequest, EnergyResponse
 
-router = APIRouter(prefix="/v1/models", tags=["scoring"], route_class=OrjsonRoute)
+router = APIRouter(
+    prefix="/v1/models", tags=["scoring"], route_class=ComputeRoute, dependencies=GUARDED
+)
 
 # The compute routes' errors, from the shared table (app.api.openapi); /predict and
 # /sample use it too.

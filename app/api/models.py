@@ -7,14 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import CatalogDep, DispatcherDep, SettingsDep
+from app.api.deps import GUARDED, CatalogDep, DispatcherDep, SettingsDep
 from app.api.openapi import LIST_ERRORS, LOOKUP_ERRORS, errors
 from app.api.responses import reply
 from app.dispatch.engine import batching_limits
 from app.inference.params import default_method, method_settings, usable_methods
 from app.schemas import ModelDetail, ModelList
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=GUARDED)
 
 
 def _summary(registry: CatalogDep, dispatcher: DispatcherDep, name: str) -> dict[str, Any]:

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.api.applicable import check_predict
-from app.api.deps import request_deadline, services
+from app.api.deps import GUARDED, request_deadline, services
 from app.api.disconnect import unless_disconnected
 from app.api.energy import ERRORS
 from app.api.responses import reply
-from app.api.routing import OrjsonRoute
+from app.api.routing import ComputeRoute
 from app.api.search import check_cost, check_predict_size, search_inputs
 from app.dispatch.base import submit_as
 from app.dispatch.wire import Envelope
@@ -21,7 +21,9 @@ from app.inference.search import SearchJob
 from app.inference.steppers.stepper import planned_steps
 from app.schemas import PredictRequest, PredictResponse
 
-router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=OrjsonRoute)
+router = APIRouter(
+    prefix="/v1/models", tags=["inference"], route_class=ComputeRoute, dependencies=GUARDED
+)
 
 
 @router.post(

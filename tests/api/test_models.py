@@ -107,6 +107,15 @@ def test_api_keys_guard_the_model_routes(
     with server.client() as client:
         assert client.get("/healthz").status_code == 200
         refused = client.post("/v1/models/quad/energy", json=body)
+        # every model operation, the compute routes' own handler included
+        unguarded = [
+            path
+            for path, payload in (
+                ("/v1/models/quad/predict", {"x": [[0, 0]]}),
+                ("/v1/models/quad/sample", {"x": [[0, 0]]}),
+            )
+            if client.post(path, json=payload).status_code != 401
+        ] + [p for p in ("/v1/models", "/v1/models/quad") if client.get(p).status_code != 401]
         bearer = client.post(
             "/v1/models/quad/energy", json=body, headers={"Authorization": "Bearer k2"}
         )
@@ -114,6 +123,7 @@ def test_api_keys_guard_the_model_routes(
         wrong = client.get("/v1/models", headers={"X-API-Key": "k3"})
     assert refused.status_code == 401
     assert refused.json()["error"]["type"] == "unauthorized"
+    assert unguarded == []
     assert bearer.status_code == 200
     assert header.status_code == 200
     assert wrong.status_code == 401
