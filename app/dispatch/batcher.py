@@ -96,6 +96,8 @@ class Batcher(Generic[P, R]):
         self._arrived = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # the task holds a batch (collecting it or computing it)
+        self._flush_pending = False  # a _flush callback is scheduled
         self._last_batch_s = 0.0
         self._last_batch_rows = 0
         self._drain = DrainRate()
@@ -121,9 +123,15 @@ class Batcher(Generic[P, R]):
         loop = asyncio.get_running_loop()
         job: Job[P, R] = Job(payload, rows, deadline, loop.create_future())
         self._queue.append(job)
-        self._arrived.set()
-        if self._task is None:
-            self._task = loop.create_task(self._run_forever(), name=self.name)
+        if not self._busy and self._expected_s(rows) < self.inline_below_s:
+            # Idle, and the last batch says this one runs inline: one callback after this
+            # loop turn's other arrivals computes them, without waking the task (a task
+            # switch each way cost as much as a one-pair backend call).
+            if not self._flush_pending:
+                self._flush_pending = True
+                loop.call_soon(self._flush)
+        else:
+            self._wake_task(loop)
         # The caller stops waiting at its deadline even if the batch is still running.
         timer = loop.call_at(deadline, self._expire, job)
         try:
@@ -134,12 +142,17 @@ class Batcher(Generic[P, R]):
     def _expire(self, job: Job[P, R]) -> None:
         expire(self.name, self.stats, job.future, job.enqueued_at)
 
+    def _wake_task(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._arrived.set()
+        if self._task is None:
+            self._task = loop.create_task(self._run_forever(), name=self.name)
+
     async def close(self) -> None:
         """Stop taking jobs, finish everything already accepted, then stop the loop."""
         self._closing = True
-        self._arrived.set()
-        if self._task is not None:
-            await self._task
+        self._wake_task(asyncio.get_running_loop())
+        assert self._task is not None
+        await self._task
 
     async def _run_forever(self) -> None:
         while True:
@@ -149,9 +162,30 @@ class Batcher(Generic[P, R]):
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            batch = await self._collect()
-            if batch:
-                await self._run(batch)
+            self._busy = True
+            try:
+                batch = await self._collect()
+                if batch:
+                    await self._run(batch)
+            finally:
+                self._busy = False
+
+    def _flush(self) -> None:
+        """Compute the queued jobs on the event loop, batch by batch, unless the task holds
+        a batch (it takes them next) or a batch is now expected to be too slow to run
+        inline (the task computes it in the executor)."""
+        self._flush_pending = False
+        loop = asyncio.get_running_loop()
+        while self._queue and not self._busy:
+            live = self._live(self._take_batch(), loop)
+            if not live:
+                continue
+            rows = sum(job.rows for job in live)
+            if self._expected_s(rows) >= self.inline_below_s:
+                self._queue.extendleft(reversed(live))
+                self._wake_task(loop)
+                return
+            self._compute(live, rows, loop)
 
     def _take_fitting(self, batch: list[Job[P, R]], rows: int) -> int:
         """Move queued jobs into ``batch`` while they fit in ``max_rows``."""
@@ -166,12 +200,21 @@ class Batcher(Generic[P, R]):
             rows += job.rows
         return rows
 
-    async def _collect(self) -> list[Job[P, R]]:
+    def _take_batch(self) -> list[Job[P, R]]:
+        """The first queued job (empty if it is done already) and the next ones that fit."""
         first = self._queue.popleft()
         if first.future.done():
             return []
         batch = [first]
-        rows = self._take_fitting(batch, first.rows)
+        self._take_fitting(batch, first.rows)
+        return batch
+
+    async def _collect(self) -> list[Job[P, R]]:
+        batch = self._take_batch()
+        if not batch:
+            return []
+        rows = sum(job.rows for job in batch)
+        first = batch[0]
         under_load = len(batch) > 1
         if under_load and self.max_delay_s > 0 and rows < self.max_rows and not self._closing:
             loop = asyncio.get_running_loop()
@@ -210,8 +253,8 @@ class Batcher(Generic[P, R]):
         """The next queued job would not fit: waiting longer cannot grow this batch."""
         return bool(self._queue) and rows + self._queue[0].rows > self.max_rows
 
-    async def _run(self, batch: list[Job[P, R]]) -> None:
-        loop = asyncio.get_running_loop()
+    def _live(self, batch: list[Job[P, R]], loop: asyncio.AbstractEventLoop) -> list[Job[P, R]]:
+        """The jobs of ``batch`` still waited for; those past their deadline get their 504."""
         now = loop.time()
         live = []
         for job in batch:
@@ -219,31 +262,58 @@ class Batcher(Generic[P, R]):
                 self._expire(job)
             elif not job.future.done():
                 live.append(job)
+        return live
+
+    async def _run(self, batch: list[Job[P, R]]) -> None:
+        loop = asyncio.get_running_loop()
+        live = self._live(batch, loop)
         if not live:
             return
         rows = sum(job.rows for job in live)
-        payloads = [job.payload for job in live]
-        started = time.monotonic()
+        if self._expected_s(rows) < self.inline_below_s:
+            self._compute(live, rows, loop)
+            return
         call = self._batch_call(live, loop)
+        started = time.monotonic()
         try:
-            if self._expected_s(rows) < self.inline_below_s:
-                results = call(payloads)
-            else:
-                results = await loop.run_in_executor(self._executor, call, payloads)
+            results = await loop.run_in_executor(
+                self._executor, call, [job.payload for job in live]
+            )
         except Exception as exc:  # one bad batch must not stop the loop; callers get the error
-            log.exception("%s: batch of %d jobs failed", self.name, len(live))
-            for job in live:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            self._fail(live, exc)
             return
         finally:
-            self._last_batch_s = time.monotonic() - started
-            self._last_batch_rows = rows
+            self._measured(rows, started)
+        self._answer(live, results)
+
+    def _compute(self, live: list[Job[P, R]], rows: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Run a batch on the event loop itself (expected to take under ``inline_below_s``)."""
+        started = time.monotonic()
+        try:
+            results = self._batch_call(live, loop)([job.payload for job in live])
+        except Exception as exc:
+            self._fail(live, exc)
+            return
+        finally:
+            self._measured(rows, started)
+        self._answer(live, results)
+
+    def _measured(self, rows: int, started: float) -> None:
+        self._last_batch_s = time.monotonic() - started
+        self._last_batch_rows = rows
+
+    def _fail(self, live: list[Job[P, R]], exc: Exception) -> None:
+        log.exception("%s: batch of %d jobs failed", self.name, len(live), exc_info=exc)
+        for job in live:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    def _answer(self, live: list[Job[P, R]], results: Sequence[R]) -> None:
         self.stats.batches += 1
         self.stats.jobs += len(live)
         self._drain.observe(len(live), self._last_batch_s)
-        self.stats.rows += rows
-        self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, rows)
+        self.stats.rows += self._last_batch_rows
+        self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, self._last_batch_rows)
         for job, result in zip(live, results, strict=True):
             _resolve(job.future, result)
 
