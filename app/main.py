@@ -17,6 +17,7 @@ from app.api.body import BodyParser
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.responses import error_response
+from app.api.routing import ComputeLane
 from app.api.transport import Transport
 from app.config import Settings, get_settings
 from app.errors import PayloadTooLarge
@@ -103,12 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's OpenTelemetry hooks look the providers up on every request (a tenth of
         # a one-pair score in process): attached only when asked for.
         telemetry=None if settings.otel else _NO_TELEMETRY,
+        # The compute routes, matched before anything else (see ComputeLane).
+        routes=[ComputeLane(energy.router, predict.router, sample.router)],
     )
     app.state.settings = settings
     app.state.api_keys = settings.api_key_set()
     app.state.lifecycle = Lifecycle()
     install_error_handlers(app)
-    # The compute routes first: a request is matched against the routes in this order.
     # Their routers carry the API key check themselves (app.api.deps.GUARDED); their lean
     # handler (app.api.routing) runs the route's own dependencies, not an include's.
     app.include_router(energy.router)

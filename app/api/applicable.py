@@ -40,7 +40,14 @@ def refuse(body: BaseModel, why: Mapping[str, str]) -> None:
         raise InvalidInput("fields that do not apply here: " + "; ".join(given))
 
 
+#: The fields of /energy that may not apply (to a plain score: all but grad go with
+#: free_energy); a request that sets none of them is not looked at further.
+_ENERGY_OPTIONS = frozenset({"beta", "num_samples", "seed", "grad"})
+
+
 def check_energy(manifest: Manifest, body: EnergyRequest) -> None:
+    if body.free_energy is None and body.model_fields_set.isdisjoint(_ENERGY_OPTIONS):
+        return
     why: dict[str, str] = {}
     model = f"model '{manifest.name}'"
     if body.free_energy is None:

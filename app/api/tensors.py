@@ -83,23 +83,23 @@ def _from_parsed(name: str, data: ParsedTensor, spec: TensorSpec, model: str) ->
 
 
 def _from_lists(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
-    expected = _expected(spec)
-    shape_error = InvalidInput(
-        f"{name} must be nested lists of shape {expected} for model '{model}'"
-    )
+    # (the messages are built only when refusing: this runs for every input of every request)
     try:
         leaves = _leaf_types(data, 1 + len(spec.shape))
     except TypeError as found:
-        raise InvalidInput(f"{shape_error.message}; found {found} where lists belong") from None
+        found_where = f"found {found} where lists belong"
+        raise InvalidInput(f"{_not_nested(name, spec, model)}; {found_where}") from None
     if not leaves:
+        expected = _expected(spec)
         raise InvalidInput(f"{name} is empty; model '{model}' expects {expected} with N >= 1")
     if list in leaves:
         array_shape = np.shape(data) if _is_regular(data) else None
         if array_shape is not None:
             shape = "[" + ", ".join(map(str, array_shape)) + "]"
+            expected = _expected(spec)
             raise InvalidInput(f"{name} has shape {shape}; model '{model}' expects {expected}")
-        raise shape_error
-    wrong = leaves - {float, int}
+        raise InvalidInput(_not_nested(name, spec, model))
+    wrong = leaves - _NUMBERS
     if wrong:
         kinds = ", ".join(sorted(_TYPE_NAMES.get(t, t.__name__) for t in wrong))
         raise InvalidInput(f"{name} must contain only numbers, got {kinds}")
@@ -113,8 +113,15 @@ def _from_lists(name: str, data: Any, spec: TensorSpec, model: str) -> Array:
     except ValueError:
         raise InvalidInput(
             f"{name} is ragged: rows must all have the same length; "
-            f"model '{model}' expects {expected}"
+            f"model '{model}' expects {_expected(spec)}"
         ) from None
+
+
+_NUMBERS = frozenset({float, int})
+
+
+def _not_nested(name: str, spec: TensorSpec, model: str) -> str:
+    return f"{name} must be nested lists of shape {_expected(spec)} for model '{model}'"
 
 
 def _is_regular(data: Any) -> bool:
@@ -249,6 +256,8 @@ def require_finite(manifest: Manifest, what: str, values: Array | Sequence[float
     """Refuse (422) a result that is not finite in float32: an energy or gradient that
     overflowed because the inputs lie far outside the range the model was trained on. JSON
     has no number for it (it would leave as null) and no caller can use it."""
+    if np.isfinite(values).all():  # the usual case, in one pass
+        return
     flat = np.asarray(values, np.float64).reshape(len(values), -1)
     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
     if not len(bad):

@@ -14,8 +14,9 @@ import pytest
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from pydantic import BaseModel
+from starlette.routing import Match
 
-from app.api.routing import ComputeRoute
+from app.api.routing import ComputeLane, ComputeRoute
 from app.errors import EBMError, Unauthorized
 from tests.servers import free_port
 
@@ -24,8 +25,7 @@ class Body(BaseModel):
     value: int
 
 
-@contextmanager
-def served(router: APIRouter) -> Iterator[httpx.Client]:
+def with_error_envelope(router: APIRouter) -> FastAPI:
     app = FastAPI()
     app.include_router(router)
 
@@ -33,6 +33,11 @@ def served(router: APIRouter) -> Iterator[httpx.Client]:
     async def ebm_error(_: Request, exc: EBMError) -> Response:
         return Response(exc.message, exc.status_code)
 
+    return app
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[httpx.Client]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -56,7 +61,7 @@ def test_the_endpoint_gets_request_path_params_and_validated_body() -> None:
     async def thing(request: Request, name: str, kind: str, body: Body) -> Response:
         return Response(f"{request.method} {name} {kind} {body.value * 2}")
 
-    with served(router) as client:
+    with served(with_error_envelope(router)) as client:
         ok = client.post("/things/a/b", json={"value": 21})
         invalid = client.post("/things/a/b", json={"value": "many"})
         missing = client.post(
@@ -84,7 +89,7 @@ def test_the_routes_own_dependencies_run_before_the_body_is_read() -> None:
         read.append(True)
         return Response("in")
 
-    with served(router) as client:
+    with served(with_error_envelope(router)) as client:
         refused = client.post("/guarded", json={"value": 1})
         admitted = client.post("/guarded", json={"value": 1}, headers={"x-key": "yes"})
     assert (refused.status_code, admitted.text) == (401, "in")
@@ -107,3 +112,31 @@ def test_an_endpoint_of_another_shape_is_refused_when_declared() -> None:
         @router.post("/deps", dependencies=[Depends(needs_settings)])
         async def with_deps(request: Request, body: Body) -> Response:
             return Response()
+
+
+def test_the_lane_serves_compute_routes_and_leaves_the_rest_to_the_app() -> None:
+    router = APIRouter(route_class=ComputeRoute)
+
+    @router.post("/v1/things/{name}/count")
+    async def count(request: Request, name: str, body: Body) -> Response:
+        return Response(f"lane={request.scope['route'] is lane.routes[0]} {name}")
+
+    lane = ComputeLane(router)
+    app = FastAPI(routes=[lane])
+    app.include_router(router)
+
+    @app.get("/v1/things/{name}")
+    async def thing(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/things/a/count", "root_path": ""}
+    assert lane.matches(scope)[0] is Match.FULL
+    assert lane.matches({**scope, "method": "GET"})[0] is Match.NONE
+    assert lane.matches({**scope, "path": "/v1/things/a"})[0] is Match.NONE
+    with served(app) as client:
+        served_by_lane = client.post("/v1/things/a/count", json={"value": 1})
+        other = client.get("/v1/things/a")
+        wrong_method = client.get("/v1/things/a/count")
+    assert served_by_lane.text == "lane=True a"
+    assert other.json() == {"name": "a"}
+    assert wrong_method.status_code == 405
