@@ -125,7 +125,7 @@ class ComputeRoute(APIRoute):
         if scope["method"] not in (self.methods or ()):
             await super().handle(scope, receive, send)  # 405, worded as elsewhere
             return
-        response = await self._handler(Request(scope, receive, send))
+        response = await self._handler(OrjsonRequest(scope, receive, send))
         await response(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -137,7 +137,8 @@ class ComputeRoute(APIRoute):
         async def handle(request: Request) -> Response:
             for check in self._checks:
                 await check(request)  # type: ignore[misc]
-            request = OrjsonRequest(request.scope, request.receive)
+            if not isinstance(request, OrjsonRequest):  # reached through FastAPI's routing
+                request = OrjsonRequest(request.scope, request.receive)
             raw = await _request_body(request)
             if raw is _NO_BODY:
                 body, errors = None, [_BODY_REQUIRED]

@@ -19,7 +19,11 @@ Policy, chosen so the batcher adds nothing when there is nothing to wait for:
 - A batch expected to take less than ``inline_below_s`` (scaled from the last measured
   batch) runs on the event loop itself: handing a 30 us backend call to a thread and
   waking the loop afterwards costs several times the call. Longer batches run in the
-  executor so the loop keeps parsing requests meanwhile.
+  executor so the loop keeps parsing requests meanwhile. When the batcher is idle and such
+  a batch is expected, the jobs of one loop turn are computed by one callback scheduled
+  after them (``_flush``): the same coalescing as waking the batcher's task, without the
+  task switch, and without a deadline timer per job (they run within the turn; a job the
+  flush leaves to the task gets its timer then).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Job(Generic[P, R]):
     deadline: float  # loop.time() seconds
     future: asyncio.Future[R]
     enqueued_at: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None  # answers 504 at the deadline (see _arm)
 
 
 @dataclass
@@ -132,12 +137,19 @@ class Batcher(Generic[P, R]):
                 loop.call_soon(self._flush)
         else:
             self._wake_task(loop)
-        # The caller stops waiting at its deadline even if the batch is still running.
-        timer = loop.call_at(deadline, self._expire, job)
+            self._arm(job, loop)
         try:
             return await job.future
         finally:
-            timer.cancel()
+            if job.timer is not None:
+                job.timer.cancel()
+
+    def _arm(self, job: Job[P, R], loop: asyncio.AbstractEventLoop) -> None:
+        """The caller stops waiting at its deadline even if the batch is still running. A
+        job computed by the next ``_flush`` needs no timer (its deadline is checked when it
+        runs, within this loop turn); it gets one if the flush leaves it to the task."""
+        if job.timer is None:
+            job.timer = loop.call_at(job.deadline, self._expire, job)
 
     def _expire(self, job: Job[P, R]) -> None:
         expire(self.name, self.stats, job.future, job.enqueued_at)
@@ -184,8 +196,10 @@ class Batcher(Generic[P, R]):
             if self._expected_s(rows) >= self.inline_below_s:
                 self._queue.extendleft(reversed(live))
                 self._wake_task(loop)
-                return
+                break
             self._compute(live, rows, loop)
+        for job in self._queue:  # left to the task
+            self._arm(job, loop)
 
     def _take_fitting(self, batch: list[Job[P, R]], rows: int) -> int:
         """Move queued jobs into ``batch`` while they fit in ``max_rows``."""

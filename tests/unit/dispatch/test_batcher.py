@@ -325,3 +325,38 @@ def test_retry_after_follows_the_measured_drain_rate() -> None:
         await asyncio.gather(head, *queued)
 
     asyncio.run(scenario())
+
+
+def test_jobs_a_flush_leaves_to_the_executor_still_get_504_at_their_deadline() -> None:
+    threads: list[str] = []
+    gate = threading.Event()
+
+    def runner(payloads: Sequence[float]) -> list[float]:
+        threads.append(threading.current_thread().name)
+        if payloads[0] > 0:
+            time.sleep(payloads[0])
+        else:
+            gate.wait(5)
+        return list(payloads)
+
+    async def scenario() -> None:
+        batcher: Batcher[float, float] = Batcher(
+            runner,
+            executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
+            max_rows=8,
+            max_delay_s=0,
+            max_queue=8,
+            inline_below_s=0.01,
+        )
+        await batcher.submit(0.004, 1, far())  # measured: ~4 ms a row, inline from now on
+        loop = asyncio.get_running_loop()
+        # Each alone looks inline; together (5 rows, ~20 ms) they go to the executor.
+        jobs = [asyncio.ensure_future(batcher.submit(0.0, 1, far())) for _ in range(4)]
+        short = asyncio.ensure_future(batcher.submit(0.0, 1, loop.time() + 0.1))
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(short, 2)  # while its batch is still held at the gate
+        gate.set()
+        assert await asyncio.gather(*jobs) == [0.0] * 4
+
+    asyncio.run(scenario())
+    assert [t.startswith("compute") for t in threads] == [True, True]
