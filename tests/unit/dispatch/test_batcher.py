@@ -360,3 +360,32 @@ def test_jobs_a_flush_leaves_to_the_executor_still_get_504_at_their_deadline() -
 
     asyncio.run(scenario())
     assert [t.startswith("compute") for t in threads] == [True, True]
+
+
+def test_a_batch_is_timed_by_its_compute_not_by_the_wait_for_the_loop() -> None:
+    threads: list[str] = []
+    entered = threading.Event()
+
+    def runner(payloads: Sequence[float]) -> list[float]:
+        threads.append(threading.current_thread().name)
+        entered.set()
+        time.sleep(0.005)
+        return list(payloads)
+
+    async def scenario() -> None:
+        batcher: Batcher[float, float] = Batcher(
+            runner,
+            executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
+            max_rows=8,
+            max_delay_s=0,
+            max_queue=8,
+            inline_below_s=0.02,
+        )
+        first = asyncio.ensure_future(batcher.submit(0.0, 1, far()))  # no estimate: thread
+        await asyncio.to_thread(entered.wait, 5)
+        time.sleep(0.1)  # the loop is busy elsewhere while the 5 ms batch finishes
+        await first
+        await batcher.submit(0.0, 1, far())  # 5 ms measured: inline
+
+    asyncio.run(scenario())
+    assert [t.startswith("compute") for t in threads] == [True, False]
