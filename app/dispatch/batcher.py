@@ -20,10 +20,10 @@ Policy, chosen so the batcher adds nothing when there is nothing to wait for:
   batch) runs on the event loop itself: handing a 30 us backend call to a thread and
   waking the loop afterwards costs several times the call. Longer batches run in the
   executor so the loop keeps parsing requests meanwhile. When the batcher is idle and such
-  a batch is expected, the jobs of one loop turn are computed by one callback scheduled
-  after them (``_flush``): the same coalescing as waking the batcher's task, without the
-  task switch, and without a deadline timer per job (they run within the turn; a job the
-  flush leaves to the task gets its timer then).
+  a batch is expected, the first job of a loop turn yields once, so the turn's other
+  arrivals queue up, and computes them all in its own task (``_flush``): the coalescing of
+  waking the batcher's task, without its task switches, and without a deadline timer per
+  job (they run within the turn; a job the flush leaves to the task gets its timer then).
 """
 
 from __future__ import annotations
@@ -129,25 +129,34 @@ class Batcher(Generic[P, R]):
         job: Job[P, R] = Job(payload, rows, deadline, loop.create_future())
         self._queue.append(job)
         if not self._busy and self._expected_s(rows) < self.inline_below_s:
-            # Idle, and the last batch says this one runs inline: one callback after this
-            # loop turn's other arrivals computes them, without waking the task (a task
-            # switch each way cost as much as a one-pair backend call).
-            if not self._flush_pending:
-                self._flush_pending = True
-                loop.call_soon(self._flush)
+            # Idle, and the last batch says this one runs inline: the first job of this loop
+            # turn lets the turn's other arrivals queue up, then computes them all in its
+            # own task, without waking the batcher's task (a task switch each way cost as
+            # much as a one-pair backend call) and without waiting to be woken itself.
+            leads = not self._flush_pending
+            self._flush_pending = True
         else:
+            leads = False
             self._wake_task(loop)
             self._arm(job, loop)
         try:
-            return await job.future
+            if leads:
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    job.future.cancel()  # its caller is gone: the flush skips it
+                    loop.call_soon(self._flush)  # the others of this turn still run
+                    raise
+                self._flush()
+            return await job.future  # (done already when this job's task flushed)
         finally:
             if job.timer is not None:
                 job.timer.cancel()
 
     def _arm(self, job: Job[P, R], loop: asyncio.AbstractEventLoop) -> None:
         """The caller stops waiting at its deadline even if the batch is still running. A
-        job computed by the next ``_flush`` needs no timer (its deadline is checked when it
-        runs, within this loop turn); it gets one if the flush leaves it to the task."""
+        job computed by its turn's ``_flush`` needs no timer (its deadline is checked when
+        it runs, within the turn); it gets one if the flush leaves it to the task."""
         if job.timer is None:
             job.timer = loop.call_at(job.deadline, self._expire, job)
 

@@ -389,3 +389,56 @@ def test_a_batch_is_timed_by_its_compute_not_by_the_wait_for_the_loop() -> None:
 
     asyncio.run(scenario())
     assert [t.startswith("compute") for t in threads] == [True, False]
+
+
+def test_a_cancelled_first_job_of_a_loop_turn_does_not_strand_the_others() -> None:
+    batches: list[list[int]] = []
+
+    def runner(payloads: Sequence[int]) -> list[int]:
+        batches.append(list(payloads))
+        return [2 * p for p in payloads]
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            runner,
+            executor=ThreadPoolExecutor(1),
+            max_rows=8,
+            max_delay_s=0,
+            max_queue=8,
+            inline_below_s=1.0,
+        )
+        assert await batcher.submit(1, 1, far()) == 2  # measured: inline from now on
+        first = asyncio.ensure_future(batcher.submit(10, 1, far()))
+        second = asyncio.ensure_future(batcher.submit(20, 1, far()))
+        await asyncio.sleep(0)  # both queued; the first waits out the turn to compute both
+        first.cancel()
+        assert await asyncio.wait_for(second, 2) == 40
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(scenario())
+    assert batches == [[1], [20]]
+
+
+def test_the_jobs_of_one_loop_turn_share_one_inline_batch() -> None:
+    batches: list[list[int]] = []
+
+    def runner(payloads: Sequence[int]) -> list[int]:
+        batches.append(list(payloads))
+        return [2 * p for p in payloads]
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            runner,
+            executor=ThreadPoolExecutor(1),
+            max_rows=4,
+            max_delay_s=0,
+            max_queue=8,
+            inline_below_s=1.0,
+        )
+        await batcher.submit(0, 1, far())
+        results = await asyncio.gather(*(batcher.submit(i, 1, far()) for i in range(6)))
+        assert results == [2 * i for i in range(6)]
+
+    asyncio.run(scenario())
+    assert batches == [[0], [0, 1, 2, 3], [4, 5]]
