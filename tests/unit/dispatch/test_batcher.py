@@ -234,6 +234,20 @@ def test_many_concurrent_jobs_each_get_their_own_answer() -> None:
     asyncio.run(scenario())
 
 
+def on_a_compute_thread(
+    runner: Callable[[Sequence[float]], list[float]], inline_below_s: float
+) -> Batcher[float, float]:
+    """A batcher whose executor's threads are named ``compute...``, to tell where it ran."""
+    return Batcher(
+        runner,
+        executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
+        max_rows=8,
+        max_delay_s=0,
+        max_queue=8,
+        inline_below_s=inline_below_s,
+    )
+
+
 def test_fast_batches_run_on_the_event_loop_slow_ones_in_the_executor() -> None:
     threads: list[str] = []
 
@@ -243,14 +257,7 @@ def test_fast_batches_run_on_the_event_loop_slow_ones_in_the_executor() -> None:
         return list(payloads)
 
     async def scenario(inline_below_s: float) -> None:
-        batcher: Batcher[float, float] = Batcher(
-            runner,
-            executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
-            max_rows=8,
-            max_delay_s=0,
-            max_queue=8,
-            inline_below_s=inline_below_s,
-        )
+        batcher = on_a_compute_thread(runner, inline_below_s=inline_below_s)
         await batcher.submit(0.0, 1, far())  # first batch: no estimate yet, executor
         await batcher.submit(0.0, 1, far())  # measured fast: inline
         await batcher.submit(0.05, 1, far())  # still estimated fast: inline, measured slow
@@ -340,14 +347,7 @@ def test_jobs_a_flush_leaves_to_the_executor_still_get_504_at_their_deadline() -
         return list(payloads)
 
     async def scenario() -> None:
-        batcher: Batcher[float, float] = Batcher(
-            runner,
-            executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
-            max_rows=8,
-            max_delay_s=0,
-            max_queue=8,
-            inline_below_s=0.01,
-        )
+        batcher = on_a_compute_thread(runner, inline_below_s=0.01)
         await batcher.submit(0.004, 1, far())  # measured: ~4 ms a row, inline from now on
         loop = asyncio.get_running_loop()
         # Each alone looks inline; together (5 rows, ~20 ms) they go to the executor.
@@ -373,14 +373,7 @@ def test_a_batch_is_timed_by_its_compute_not_by_the_wait_for_the_loop() -> None:
         return list(payloads)
 
     async def scenario() -> None:
-        batcher: Batcher[float, float] = Batcher(
-            runner,
-            executor=ThreadPoolExecutor(1, thread_name_prefix="compute"),
-            max_rows=8,
-            max_delay_s=0,
-            max_queue=8,
-            inline_below_s=0.02,
-        )
+        batcher = on_a_compute_thread(runner, inline_below_s=0.02)
         first = asyncio.ensure_future(batcher.submit(0.0, 1, far()))  # no estimate: thread
         await asyncio.to_thread(entered.wait, 5)
         time.sleep(0.1)  # the loop is busy elsewhere while the 5 ms batch finishes
@@ -391,22 +384,28 @@ def test_a_batch_is_timed_by_its_compute_not_by_the_wait_for_the_loop() -> None:
     assert [t.startswith("compute") for t in threads] == [True, False]
 
 
-def test_a_cancelled_first_job_of_a_loop_turn_does_not_strand_the_others() -> None:
+def doubling_inline(max_rows: int) -> tuple[Batcher[int, int], list[list[int]]]:
+    """A batcher that runs every batch inline once one was measured, and its batches."""
     batches: list[list[int]] = []
 
     def runner(payloads: Sequence[int]) -> list[int]:
         batches.append(list(payloads))
         return [2 * p for p in payloads]
 
-    async def scenario() -> None:
-        batcher: Batcher[int, int] = Batcher(
-            runner,
-            executor=ThreadPoolExecutor(1),
-            max_rows=8,
-            max_delay_s=0,
-            max_queue=8,
-            inline_below_s=1.0,
-        )
+    batcher: Batcher[int, int] = Batcher(
+        runner,
+        executor=ThreadPoolExecutor(1),
+        max_rows=max_rows,
+        max_delay_s=0,
+        max_queue=8,
+        inline_below_s=1.0,
+    )
+    return batcher, batches
+
+
+def test_a_cancelled_first_job_of_a_loop_turn_does_not_strand_the_others() -> None:
+    async def scenario() -> list[list[int]]:
+        batcher, batches = doubling_inline(max_rows=8)
         assert await batcher.submit(1, 1, far()) == 2  # measured: inline from now on
         first = asyncio.ensure_future(batcher.submit(10, 1, far()))
         second = asyncio.ensure_future(batcher.submit(20, 1, far()))
@@ -415,30 +414,17 @@ def test_a_cancelled_first_job_of_a_loop_turn_does_not_strand_the_others() -> No
         assert await asyncio.wait_for(second, 2) == 40
         with pytest.raises(asyncio.CancelledError):
             await first
+        return batches
 
-    asyncio.run(scenario())
-    assert batches == [[1], [20]]
+    assert asyncio.run(scenario()) == [[1], [20]]
 
 
 def test_the_jobs_of_one_loop_turn_share_one_inline_batch() -> None:
-    batches: list[list[int]] = []
-
-    def runner(payloads: Sequence[int]) -> list[int]:
-        batches.append(list(payloads))
-        return [2 * p for p in payloads]
-
-    async def scenario() -> None:
-        batcher: Batcher[int, int] = Batcher(
-            runner,
-            executor=ThreadPoolExecutor(1),
-            max_rows=4,
-            max_delay_s=0,
-            max_queue=8,
-            inline_below_s=1.0,
-        )
+    async def scenario() -> list[list[int]]:
+        batcher, batches = doubling_inline(max_rows=4)
         await batcher.submit(0, 1, far())
         results = await asyncio.gather(*(batcher.submit(i, 1, far()) for i in range(6)))
         assert results == [2 * i for i in range(6)]
+        return batches
 
-    asyncio.run(scenario())
-    assert batches == [[0], [0, 1, 2, 3], [4, 5]]
+    assert asyncio.run(scenario()) == [[0], [0, 1, 2, 3], [4, 5]]
